@@ -1,0 +1,489 @@
+"""Typed configuration: dataclasses with a docstring per field, YAML recipes, CLI overrides.
+
+    from unif2ace.config import load_config
+    cfg = load_config("tiny", ["model.num_layers=4", "train.lr=1e-3"])
+
+A recipe is a YAML file (a name in ``unif2ace/recipes`` or a path) holding a nested
+mapping with the sections below. Unknown keys, wrong types and inconsistent sizes are
+rejected with a message that names the key. ``python -m unif2ace.config RECIPE`` prints
+the resolved config and the parameter count per component.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the offending key."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class TokenMoEConfig:
+    """Grouped token-level MoE (replaces the FFN). Disabled → a dense Phi MLP."""
+
+    enabled: bool = False
+    """Use the grouped token-level MoE instead of the dense MLP."""
+    num_shared: int = 1
+    """Always-on shared experts per group."""
+    num_routed: int = 8
+    """Routed experts per group (generation and understanding groups each have this many)."""
+    top_k: int = 4
+    """Routed experts each token is sent to."""
+    expert_ffn: int = 1024
+    """Hidden size of one expert MLP (shared and routed)."""
+    renormalize: bool = False
+    """Renormalise the top-k gates to sum to one."""
+    activation: str = "gelu_new"
+    """Expert activation (a transformers ACT2FN name)."""
+    lambda_t2i: float = 0.01
+    """Load-balancing loss weight of the generation group."""
+    lambda_mmu: float = 0.01
+    """Load-balancing loss weight of the understanding group."""
+    z_loss: float = 0.0
+    """Router z-loss weight (0 disables)."""
+    backend: Literal["auto", "torch", "megablocks"] = "auto"
+    """Compute backend: megablocks on CUDA when importable, else torch (auto)."""
+    upcycle: Literal["split", "copy", "none"] = "split"
+    """How experts are initialised from an imported dense MLP."""
+
+
+@dataclass
+class SeqMoEConfig:
+    """Grouped sequence-level MoE: one routing decision per sequence."""
+
+    enabled: bool = False
+    """Add the sequence-level MoE branch to every block."""
+    und_experts: list[str] = field(default_factory=lambda: ["clip", "face", "copy", "copy"])
+    """Understanding-group experts (names: clip, face, noise, copy, zero)."""
+    gen_experts: list[str] = field(default_factory=lambda: ["copy", "zero", "noise", "copy"])
+    """Generation-group experts (names: clip, face, noise, copy, zero)."""
+    top_k: int = 2
+    """Experts chosen per sequence."""
+    balance_weight: float = 0.01
+    """Weight of the sequence-router balance loss."""
+    resampler_heads: int = 4
+    """Attention heads of the feature resampler."""
+    clip_dim: int = 512
+    """Width of the cached CLIP embedding."""
+    face_dim: int = 512
+    """Width of the cached face-identity embedding (InsightFace ArcFace: 512)."""
+    noise_dim: int = 64
+    """Width of the cached Gaussian noise embedding."""
+
+
+@dataclass
+class ModelConfig:
+    """Backbone shapes (Phi-1.5 at paper scale) and block layout."""
+
+    text_vocab_size: int = 50295
+    """Size of the text tokenizer's vocabulary (len(tokenizer)); ids below it are text."""
+    bos_id: int = 50256
+    """Start-of-text id of the text tokenizer (Phi: <|endoftext|>)."""
+    eos_id: int = 50256
+    """End-of-text id of the text tokenizer (Phi: <|endoftext|>)."""
+    codebook_size: int = 8192
+    """Number of image codes of the image tokenizer."""
+    num_image_tokens: int = 256
+    """Image tokens per image (256 at 256², 1024 at 512² with ×16 downsampling)."""
+    text_len: int = 128
+    """Text budget per sequence including <sot>/<eot> (T2I prompt or MMU turns)."""
+    hidden_size: int = 2048
+    """Transformer width."""
+    num_layers: int = 24
+    """Transformer blocks."""
+    num_heads: int = 32
+    """Attention heads."""
+    intermediate_size: int = 8192
+    """Dense MLP hidden size (Phi: 4 × hidden)."""
+    partial_rotary_factor: float = 0.5
+    """Fraction of each head's dimensions that get rotary embeddings."""
+    rope_theta: float = 10000.0
+    """Rotary base."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon."""
+    qk_layernorm: bool = False
+    """LayerNorm over head_dim on q and k (Show-o forces it on)."""
+    hidden_act: str = "gelu_new"
+    """Dense MLP activation (transformers ACT2FN name)."""
+    block_layout: Literal["parallel", "sequential"] = "parallel"
+    """parallel: Phi's (one LN feeds attention and FFN); sequential: the paper's figure."""
+    dropout: float = 0.0
+    """Residual/embedding dropout."""
+    init_std: float = 0.02
+    """Std of the normal init for linear and embedding weights."""
+    activation_checkpointing: bool = False
+    """Recompute each block in backward to save memory."""
+    moe: TokenMoEConfig = field(default_factory=TokenMoEConfig)
+    """Grouped token-level MoE."""
+    seq_moe: SeqMoEConfig = field(default_factory=SeqMoEConfig)
+    """Grouped sequence-level MoE."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def seq_len(self) -> int:
+        """Length of every T2I and MMU row: task + soi + image + eoi + text budget."""
+        return self.num_image_tokens + 3 + self.text_len
+
+
+@dataclass
+class LossConfig:
+    """D3Diff + MMU objective."""
+
+    alpha: float = 0.01
+    """Weight of the score-entropy term: L_D3Diff = L_mask + alpha·L_score (0 = mask only)."""
+    score_param: Literal["normalized", "unnormalized"] = "normalized"
+    """normalized: s = p·(1−m)/m from the same softmax; unnormalized: s = exp(logits) (SEDD)."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Mask schedule m(t): cosine (Show-o) or linear."""
+    t2i_vocab: Literal["codebook", "full"] = "codebook"
+    """Softmax over image codes only, or over the whole vocabulary (Show-o)."""
+    t2i_coef: float = 1.0
+    """Coefficient of the T2I (D3Diff) loss."""
+    mmu_coef: float = 1.0
+    """Coefficient of the MMU next-token loss."""
+    min_mask_ratio: float = 0.0
+    """Lower clamp on the sampled mask ratio (the score weight m'/m grows as m → 0)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the precomputed shards are and how batches are mixed."""
+
+    shards: str = "runs/synthface/shards"
+    """Directory of precomputed shards (manifest.json inside)."""
+    t2i_fraction: float = 0.5
+    """Fraction of each batch's rows that are T2I (rest MMU); 0 and 1 allowed."""
+    caption_fraction: float = 0.25
+    """Fraction of MMU rows that are captioning (rest VQA)."""
+    cond_drop: float = 0.1
+    """Probability of dropping the T2I text condition (classifier-free guidance)."""
+    max_qa_turns: int = 4
+    """Question/answer turns packed into one MMU row."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    seed: int = 0
+    """Seed of the shuffle and the masking."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping."""
+
+    micro_batch: int = 4
+    """Rows per rank per micro step."""
+    grad_accum: int = 1
+    """Micro steps per optimiser step."""
+    steps: int = 100
+    """Optimiser steps."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final LR as a fraction of the peak (cosine decay)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to norms, biases, embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 disables)."""
+    seed: int = 0
+    """Global seed."""
+    out_dir: str = "runs/train"
+    """Where checkpoints and logs go."""
+    save_every: int = 50
+    """Checkpoint every N optimiser steps (0: only at the end / on SIGTERM)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    log_every: int = 1
+    """Log every N steps."""
+    max_bad_steps: int = 3
+    """Stop after this many consecutive non-finite losses."""
+    init_from: str = ""
+    """Our HF-style checkpoint dir, or a Phi / Show-o dir to import ('' = from scratch)."""
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    """Weights & Biases mode."""
+    sample_every: int = 0
+    """Write a T2I sample grid / VQA examples every N steps (0 disables)."""
+
+
+@dataclass
+class SampleConfig:
+    """Inference defaults."""
+
+    steps: int = 12
+    """MaskGIT decoding steps."""
+    guidance: float = 2.0
+    """Classifier-free guidance weight w."""
+    guidance_form: Literal["uncond_plus", "showo"] = "uncond_plus"
+    """uncond + w·(cond − uncond), or Show-o's (1+w)·cond − w·uncond."""
+    temperature: float = 1.0
+    """Initial Gumbel temperature of the confidence re-masking (annealed linearly to 0)."""
+    max_new_tokens: int = 64
+    """MMU decoding budget."""
+    top_p: float = 1.0
+    """Nucleus sampling for MMU (1.0 with temperature 0 = greedy)."""
+    mmu_temperature: float = 0.0
+    """MMU sampling temperature (0 = greedy)."""
+    seed: int = 0
+    """Sampling seed."""
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    name: str = "custom"
+    """Recipe name (for logs)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model shapes."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Objective."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Sampling."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal after each field) of a dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:]):
+        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
+                and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)):
+            docs[prev.target.id] = node.value.value
+    return docs
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected a bool, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an int, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an int, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a float, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a float, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown key {prefix}{k}{hint}; valid keys: {', '.join(names)}")
+        kwargs[k] = _coerce(v, hints[k], prefix + k)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["model.num_layers=4", "loss.alpha=0"]`` → nested dict (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def recipe_path(name: str) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    q = RECIPE_DIR / f"{name}.yaml"
+    if q.exists():
+        return q
+    known = sorted(x.stem for x in RECIPE_DIR.glob("*.yaml"))
+    raise ConfigError(f"recipe {name!r} not found (a path to a .yaml, or one of {known})")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(recipe: str | None = "tiny", overrides: list[str] | None = None) -> Config:
+    """Load a recipe (name or path) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if recipe:
+        path = recipe_path(recipe)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    data = _merge(data, parse_overrides(overrides or []))
+    return config_from_dict(data)
+
+
+_EXPERTS = {"clip", "face", "noise", "copy", "zero"}
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; raise ConfigError naming the fields."""
+    m = cfg.model
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(f"model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    rot = int(m.head_dim * m.partial_rotary_factor)
+    if rot % 2 or not 0.0 <= m.partial_rotary_factor <= 1.0:
+        raise ConfigError(f"model.partial_rotary_factor={m.partial_rotary_factor} gives an odd rotary dim {rot}")
+    if m.text_len < 2:
+        raise ConfigError("model.text_len must hold at least <sot> and <eot>")
+    for name in ("bos_id", "eos_id"):
+        if not 0 <= getattr(m, name) < m.text_vocab_size:
+            raise ConfigError(f"model.{name}={getattr(m, name)} is outside the text vocabulary [0, {m.text_vocab_size})")
+    for name in ("num_layers", "num_heads", "hidden_size", "intermediate_size", "codebook_size", "num_image_tokens"):
+        if getattr(m, name) <= 0:
+            raise ConfigError(f"model.{name} must be positive")
+    e = m.moe
+    if e.enabled:
+        if not 1 <= e.top_k <= e.num_routed:
+            raise ConfigError(f"model.moe.top_k={e.top_k} must be in [1, model.moe.num_routed={e.num_routed}]")
+        if e.num_shared < 0 or e.expert_ffn <= 0:
+            raise ConfigError("model.moe.num_shared must be ≥ 0 and model.moe.expert_ffn > 0")
+    s = m.seq_moe
+    if s.enabled:
+        for grp in ("und_experts", "gen_experts"):
+            names = getattr(s, grp)
+            bad = [x for x in names if x not in _EXPERTS]
+            if bad:
+                raise ConfigError(f"model.seq_moe.{grp}: unknown experts {bad}; known: {sorted(_EXPERTS)}")
+            if not 1 <= s.top_k <= len(names):
+                raise ConfigError(f"model.seq_moe.top_k={s.top_k} must be in [1, len(model.seq_moe.{grp})={len(names)}]")
+    d = cfg.data
+    for name in ("t2i_fraction", "caption_fraction", "cond_drop"):
+        if not 0.0 <= getattr(d, name) <= 1.0:
+            raise ConfigError(f"data.{name}={getattr(d, name)} must be in [0, 1]")
+    t = cfg.train
+    if t.micro_batch <= 0 or t.grad_accum <= 0 or t.steps < 0:
+        raise ConfigError("train.micro_batch and train.grad_accum must be positive, train.steps ≥ 0")
+    if t.warmup_steps > max(t.steps, 0):
+        raise ConfigError(f"train.warmup_steps={t.warmup_steps} exceeds train.steps={t.steps}")
+    if cfg.loss.alpha < 0:
+        raise ConfigError("loss.alpha must be ≥ 0")
+    if not 0.0 <= cfg.loss.min_mask_ratio < 1.0:
+        raise ConfigError("loss.min_mask_ratio must be in [0, 1)")
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, type, default, docstring (for --help)."""
+    lines = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe(tp, prefix + f.name + ".")
+        else:
+            lines.append(f"{prefix}{f.name} = {getattr(inst, f.name)!r}  # {docs.get(f.name, '')}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m unif2ace.config RECIPE [key=value ...]``: resolved config + parameter counts."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("\n".join(describe()))
+        return
+    cfg = load_config(argv[0], argv[1:])
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from unif2ace.model.params import print_param_counts
+    print_param_counts(cfg.model)
+
+
+if __name__ == "__main__":
+    main()

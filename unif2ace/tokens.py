@@ -1,0 +1,204 @@
+"""The one source of truth for token ids, sequence formats and the omni-attention mask.
+
+Id layout (Show-o's, so Show-o checkpoints map 1:1)::
+
+    [0, V_text)                 text tokens (V_text = len(text tokenizer), 50295 for Phi)
+    V_text                      [PAD]
+    V_text+1 … V_text+9         <|soi|> <|eoi|> <|sov|> <|eov|> <|t2i|> <|mmu|> <|t2v|> <|v2v|> <|lvg|>
+    V_text+10 + k               image code k, k < codebook_size
+    last                        [MASK]
+
+Every row, T2I or MMU, has the same length ``text_len + num_image_tokens + 3``::
+
+    T2I: [PAD…] <|t2i|> <sot> prompt <eot> <|soi|> img×N <|eoi|>      (text left-padded)
+    MMU: <|mmu|> <|soi|> img×N <|eoi|> <sot> q a q a … <eot> [PAD…]    (loss on answers)
+
+so rows of both tasks mix freely in one batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
+IGNORE = -100
+TASK_T2I, TASK_MMU = 0, 1
+"""Task ids: T2I rows use the generation expert group, MMU rows the understanding group."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Derives every id from the text vocabulary size and the codebook size."""
+
+    text_vocab_size: int
+    codebook_size: int
+    bos_id: int
+    eos_id: int
+
+    @classmethod
+    def from_model_config(cls, m) -> "TokenLayout":
+        return cls(m.text_vocab_size, m.codebook_size, m.bos_id, m.eos_id)
+
+    @property
+    def pad_id(self) -> int:
+        return self.text_vocab_size
+
+    def special(self, name: str) -> int:
+        return self.text_vocab_size + 1 + SPECIAL_TOKENS.index(name)
+
+    @property
+    def soi(self) -> int:
+        return self.special("<|soi|>")
+
+    @property
+    def eoi(self) -> int:
+        return self.special("<|eoi|>")
+
+    @property
+    def t2i(self) -> int:
+        return self.special("<|t2i|>")
+
+    @property
+    def mmu(self) -> int:
+        return self.special("<|mmu|>")
+
+    @property
+    def image_offset(self) -> int:
+        return self.text_vocab_size + 1 + len(SPECIAL_TOKENS)
+
+    @property
+    def mask_id(self) -> int:
+        return self.image_offset + self.codebook_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.mask_id + 1
+
+    def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.long() + self.image_offset
+
+    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids - self.image_offset
+
+    def is_image(self, ids: torch.Tensor) -> torch.Tensor:
+        return (ids >= self.image_offset) & (ids <= self.mask_id)
+
+
+# --------------------------------------------------------------------------- masking schedule
+
+
+def mask_ratio(t: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
+    """Fraction of image tokens masked at uniform draw ``t``∈[0,1] (Show-o: cos(π/2·t))."""
+    if schedule == "cosine":
+        return torch.cos(t * math.pi / 2)
+    if schedule == "linear":
+        return 1.0 - t
+    raise ValueError(f"unknown mask schedule {schedule!r} (cosine | linear)")
+
+
+def mask_image_codes(codes: torch.Tensor, ratio: torch.Tensor, generator: torch.Generator | None = None):
+    """Choose ``round(N·ratio)`` (≥ 1) positions per row to mask.
+
+    Returns the boolean mask (B, N) and the ratio actually applied (count / N).
+    """
+    b, n = codes.shape
+    count = (ratio * n).round().clamp(1, n)
+    scores = torch.rand(b, n, generator=generator)
+    rank = scores.argsort(dim=-1).argsort(dim=-1)
+    masked = rank < count[:, None]
+    return masked, count / n
+
+
+# --------------------------------------------------------------------------- sequence builders
+
+
+def _fit_text(ids: Sequence[int], room: int) -> list[int]:
+    return list(ids)[:room]
+
+
+def build_t2i(layout: TokenLayout, prompt: Sequence[int], codes: torch.Tensor, masked: torch.Tensor,
+              text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One T2I row. ``prompt``: text ids without <sot>/<eot> (truncated to fit); ``codes``: (N,)
+    image codes; ``masked``: (N,) bool. Returns (input_ids, labels), both (text_len + N + 3,).
+
+    Labels follow Show-o: not shifted (logit i predicts token i), the original code at masked
+    positions, IGNORE elsewhere in the image, <|soi|>/<|eoi|> their own targets, text ignored.
+    """
+    text = [layout.bos_id] + _fit_text(prompt, text_len - 2) + [layout.eos_id]
+    pads = text_len - len(text)
+    img = layout.codes_to_ids(codes)
+    img_in = torch.where(masked, torch.full_like(img, layout.mask_id), img)
+    head = torch.tensor([layout.pad_id] * pads + [layout.t2i] + text, dtype=torch.long)
+    ids = torch.cat([head, torch.tensor([layout.soi]), img_in, torch.tensor([layout.eoi])])
+    labels = torch.cat([torch.full_like(head, IGNORE), torch.tensor([layout.soi]),
+                        torch.where(masked, img, torch.full_like(img, IGNORE)), torch.tensor([layout.eoi])])
+    return ids, labels
+
+
+def build_mmu(layout: TokenLayout, codes: torch.Tensor, turns: Sequence[tuple[Sequence[int], Sequence[int]]],
+              text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MMU row: the image, then (question, answer) turns. Labels are the *next* token
+    (shift applied by the loss) only on answer tokens and the final <eot>. Turns that do not
+    fit in ``text_len`` are dropped whole; at least the first turn is kept (answer truncated).
+    """
+    text = [layout.bos_id]
+    lab = [IGNORE]
+    for i, (q, a) in enumerate(turns):
+        need = len(q) + len(a)
+        if len(text) + need + 1 > text_len:
+            if i > 0:
+                break
+            q = list(q)[: max(0, text_len - 2 - 1)]
+            a = list(a)[: max(0, text_len - 2 - len(q))]
+        text += list(q) + list(a)
+        lab += [IGNORE] * len(q) + list(a)
+    text.append(layout.eos_id)
+    lab.append(layout.eos_id)
+    pads = text_len - len(text)
+    head = torch.tensor([layout.mmu, layout.soi], dtype=torch.long)
+    img = layout.codes_to_ids(codes)
+    tail = torch.tensor([layout.eoi] + text + [layout.pad_id] * pads, dtype=torch.long)
+    ids = torch.cat([head, img, tail])
+    labels = torch.cat([torch.full((2 + len(img) + 1,), IGNORE, dtype=torch.long),
+                        torch.tensor(lab + [IGNORE] * pads, dtype=torch.long)])
+    return ids, labels
+
+
+def build_mmu_prompt(layout: TokenLayout, codes: torch.Tensor, question: Sequence[int]) -> torch.Tensor:
+    """MMU inference prefix: image, <sot>, question (no <eot>, no pads); decoding continues it."""
+    return torch.cat([torch.tensor([layout.mmu, layout.soi]), layout.codes_to_ids(codes),
+                      torch.tensor([layout.eoi, layout.bos_id] + list(question), dtype=torch.long)])
+
+
+# --------------------------------------------------------------------------- omni-attention mask
+
+
+def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Boolean (B, 1, L, L) mask, True = may attend.
+
+    Causal over text; every position of an image span <|soi|> … <|eoi|> (inclusive) sees the
+    whole span and everything before it; [PAD] keys are hidden from everyone. Each query sees
+    at least itself, so pad rows stay finite (they carry no loss).
+    """
+    b, l = ids.shape
+    is_soi = ids == layout.soi
+    is_eoi = ids == layout.eoi
+    opened = is_soi.cumsum(-1)
+    closed = is_eoi.cumsum(-1) - is_eoi.long()  # an <|eoi|> still belongs to its span
+    span = torch.where(opened > closed, opened, torch.zeros_like(opened))  # (B, L), 0 = not in image
+    pos = torch.arange(l, device=ids.device)
+    causal = pos[None, :, None] >= pos[None, None, :]
+    same_span = (span[:, :, None] == span[:, None, :]) & (span[:, :, None] > 0)
+    allowed = (causal | same_span) & (ids != layout.pad_id)[:, None, :]
+    allowed |= torch.eye(l, dtype=torch.bool, device=ids.device)[None]
+    return allowed[:, None]
+
+
+def collate(rows: list[tuple[torch.Tensor, torch.Tensor]], tasks: list[int]) -> dict[str, torch.Tensor]:
+    """Stack equal-length rows into a batch dict (input_ids, labels, task)."""
+    ids = torch.stack([r[0] for r in rows])
+    labels = torch.stack([r[1] for r in rows])
+    return {"input_ids": ids, "labels": labels, "task": torch.tensor(tasks, dtype=torch.long)}
