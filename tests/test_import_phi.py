@@ -1,0 +1,119 @@
+"""A dense parallel model imported from a tiny transformers Phi reproduces its logits."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import PhiConfig, PhiForCausalLM
+
+from unif2ace.checkpoint.adapters import import_checkpoint
+from unif2ace.checkpoint.hf_io import CheckpointError, load_pretrained, save_pretrained
+from unif2ace.config import load_config
+from unif2ace.tokens import TASK_MMU
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _tiny_phi(tmp_path, qk_layernorm=False, seed=0):
+    torch.manual_seed(seed)
+    cfg = PhiConfig(vocab_size=600, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                    num_attention_heads=4, partial_rotary_factor=0.5, qk_layernorm=qk_layernorm,
+                    bos_token_id=1, eos_token_id=2)
+    phi = PhiForCausalLM(cfg).eval()
+    with torch.no_grad():  # non-trivial norms and biases so a mapping mistake shows
+        for n, p in phi.named_parameters():
+            if "layernorm" in n or n.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    d = tmp_path / "phi"
+    phi.save_pretrained(d)
+    return phi, d
+
+
+@pytest.mark.parametrize("qk_layernorm", [False, True])
+def test_phi_logits_match(tmp_path, qk_layernorm):
+    phi, d = _tiny_phi(tmp_path, qk_layernorm)
+    model, cfg = import_checkpoint(d, load_config("tiny"))
+    model.eval()
+    assert cfg.model.qk_layernorm == qk_layernorm and cfg.model.num_layers == 2
+    ids = torch.randint(0, 512, (3, 20))
+    with torch.no_grad():
+        ref = phi(input_ids=ids).logits
+        ours = model(ids, torch.full((3,), TASK_MMU)).logits
+    text = model.layout.text_vocab_size
+    assert torch.allclose(ours[..., :text], ref[..., :text], atol=1e-5, rtol=0), (ours[..., :text] - ref[..., :text]).abs().max()
+
+
+def test_phi_new_rows_and_roundtrip(tmp_path):
+    phi, d = _tiny_phi(tmp_path)
+    model, cfg = import_checkpoint(d, load_config("tiny"))
+    w = model.embed_tokens.weight
+    text = model.layout.text_vocab_size
+    assert w.shape[0] == model.layout.vocab_size
+    assert torch.equal(w[:text], phi.model.embed_tokens.weight[:text])
+    new = w[text:]
+    assert torch.isfinite(new).all()
+    # new rows sit near the mean of the old rows, not at a random init
+    assert (new.mean(0) - phi.model.embed_tokens.weight[:text].mean(0)).abs().max() < 0.01
+    out = save_pretrained(model, cfg, tmp_path / "ours")
+    again, cfg2 = load_pretrained(out)
+    assert cfg2 == cfg
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_partial_load_refused_and_named(tmp_path):
+    phi, d = _tiny_phi(tmp_path)
+    model, cfg = import_checkpoint(d, load_config("tiny"))
+    out = save_pretrained(model, cfg, tmp_path / "ours")
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(out / "model.safetensors"))
+    sd.pop("layers.1.ffn.fc2.bias")
+    sd["layers.0.ffn.fc1.weight"] = sd["layers.0.ffn.fc1.weight"][:10]
+    sd["bogus.weight"] = torch.zeros(1)
+    save_file(sd, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained(out)
+    msg = str(e.value)
+    assert "layers.1.ffn.fc2.bias" in msg and "bogus.weight" in msg and "layers.0.ffn.fc1.weight" in msg
+    model2, _ = load_pretrained(out, allow_partial=True)
+    assert torch.equal(model2.state_dict()["layers.1.ffn.fc1.weight"], model.state_dict()["layers.1.ffn.fc1.weight"])
+
+
+def _fake_showo(tmp_path, model, layout):
+    """A Show-o-style directory as its save_pretrained writes it: showo.-prefixed Phi weights."""
+    import json
+    from safetensors.torch import save_file
+    sd = {}
+    for k, v in model.state_dict().items():
+        k2 = k.replace(".ffn.", ".mlp.")
+        sd["showo." + (k2 if k2.startswith("lm_head") else "model." + k2)] = v.clone()
+    sd["mm_projector.0.weight"] = torch.zeros(4, 4)
+    d = tmp_path / "showo"
+    d.mkdir()
+    save_file(sd, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({
+        "_class_name": "Showo", "llm_model_path": "microsoft/phi-1_5", "llm_vocab_size": layout.text_vocab_size,
+        "vocab_size": layout.vocab_size, "codebook_size": layout.codebook_size,
+        "num_vq_tokens": 16, "w_clip_vit": False}))
+    return d
+
+
+def test_showo_import_cli_maps_one_to_one(tmp_path):
+    from unif2ace.model.unif2ace import UniF2ace
+    cfg = load_config("tiny", ["model.qk_layernorm=true"])
+    torch.manual_seed(1)
+    src_model = UniF2ace(cfg.model)
+    d = _fake_showo(tmp_path, src_model, src_model.layout)
+    out = tmp_path / "imported"
+    r = subprocess.run([sys.executable, str(ROOT / "tools/import_showo.py"), "--src", str(d), "--out", str(out),
+                        "--config", "tiny"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    model, cfg2 = load_pretrained(out)
+    assert cfg2.model.qk_layernorm
+    for k, v in src_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # a Show-o checkpoint whose vocabulary does not fit the layout is refused with the numbers
+    r = subprocess.run([sys.executable, str(ROOT / "tools/import_showo.py"), "--src", str(d), "--out",
+                        str(tmp_path / "bad"), "--config", "tiny", "--format", "phi"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not a phi checkpoint" in r.stderr, r.stderr

@@ -1,0 +1,168 @@
+"""State-dict adapters: foreign checkpoints (transformers Phi, Show-o) onto our names.
+
+    model, cfg = import_checkpoint("/models/phi-1_5", base_cfg)            # format detected
+    model, cfg = import_checkpoint("/models/show-o", base_cfg, fmt="showo")
+
+Our names follow Phi's, minus the ``model.`` prefix and with ``mlp`` → ``ffn`` (the FFN slot).
+Show-o wraps the same Phi as ``showo.`` and has already resized the vocabulary to its layout,
+which is ours, so its rows map 1:1. A Phi checkpoint has only text rows: we keep the first
+``text_vocab_size`` rows and initialise the new ones (PAD, specials, image codes, MASK) at the
+mean of the old rows plus small noise, so new tokens start as "an average token" rather than
+as noise that dominates the softmax. A dense FFN is upcycled into the MoE when it is enabled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from unif2ace.checkpoint.hf_io import CheckpointError, check_state_dict
+from unif2ace.config import Config, ModelConfig
+
+log = logging.getLogger(__name__)
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def read_foreign_state_dict(src: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a HF-layout directory: (sharded) safetensors, else pytorch_model*.bin."""
+    from safetensors.torch import load_file
+
+    files = sorted(src.glob("*.safetensors"))
+    if not files:
+        files = sorted(src.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"{src}: no *.safetensors or pytorch_model*.bin weights found")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            part = load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{f}: unreadable weights file: {e}") from None
+        sd.update(part)
+    return sd
+
+
+def detect_format(src: Path, sd: dict[str, torch.Tensor]) -> str:
+    if any(k.startswith("showo.") for k in sd):
+        return "showo"
+    if any(k.startswith("model.layers.") for k in sd) and "lm_head.weight" in sd:
+        return "phi"
+    raise CheckpointError(f"{src}: cannot tell the checkpoint format (keys like {list(sd)[:3]}); pass --format")
+
+
+def _rename(key: str) -> str | None:
+    if key.startswith("showo."):
+        key = key[len("showo."):]
+    if key.startswith("model."):
+        key = key[len("model."):]
+    if key.startswith("mm_projector."):
+        return None  # Show-o's CLIP-ViT projector: no counterpart (our CLIP enters via the sequence MoE)
+    key = key.replace(".mlp.", ".ffn.")
+    return key
+
+
+def foreign_model_config(src: Path, sd: dict[str, torch.Tensor], fmt: str, base: ModelConfig) -> ModelConfig:
+    """Shapes from the weights (and config.json where it has them); the rest from ``base``."""
+    pre = "showo.model." if fmt == "showo" else "model."
+    for need in ("embed_tokens.weight", "layers.0.mlp.fc1.weight"):
+        if pre + need not in sd:
+            raise CheckpointError(f"{src}: not a {fmt} checkpoint: no {pre + need}")
+    hidden = sd[pre + "embed_tokens.weight"].shape[1]
+    layers = 1 + max(int(m.group(1)) for k in sd if (m := _LAYER.search(k)))
+    inner = sd[pre + "layers.0.mlp.fc1.weight"].shape[0]
+    qk_ln = (pre + "layers.0.self_attn.q_layernorm.weight") in sd
+    over = dict(hidden_size=hidden, num_layers=layers, intermediate_size=inner, qk_layernorm=qk_ln)
+    cfg_path = src / "config.json"
+    meta = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    if fmt == "phi":
+        meta = {**meta, **(meta.get("rope_parameters") or {})}  # transformers ≥ 5 nests rope settings
+        for ours, theirs in (("num_heads", "num_attention_heads"), ("partial_rotary_factor", "partial_rotary_factor"),
+                             ("rope_theta", "rope_theta"), ("layer_norm_eps", "layer_norm_eps"),
+                             ("hidden_act", "hidden_act")):
+            if theirs in meta:
+                over[ours] = meta[theirs]
+        if meta.get("bos_token_id") is not None:
+            over["bos_id"] = meta["bos_token_id"]
+        if meta.get("eos_token_id") is not None:
+            over["eos_id"] = meta["eos_token_id"]
+    else:  # Show-o's config.json names its Phi by hub id; the vocabulary facts are local
+        for ours, theirs in (("text_vocab_size", "llm_vocab_size"), ("codebook_size", "codebook_size"),
+                             ("num_image_tokens", "num_vq_tokens")):
+            if theirs in meta:
+                over[ours] = meta[theirs]
+        rows = sd["showo.model.embed_tokens.weight"].shape[0]
+        if "vocab_size" in meta and meta["vocab_size"] != rows:
+            raise CheckpointError(f"{cfg_path}: vocab_size {meta['vocab_size']} ≠ embedding rows {rows}")
+    return dataclasses.replace(base, **over)
+
+
+def _resize_rows(old: torch.Tensor, n_keep: int, n_total: int, gen: torch.Generator) -> torch.Tensor:
+    kept = old[:n_keep].float()
+    if n_total <= n_keep:
+        return kept[:n_total].to(old.dtype)
+    mean = kept.mean(0, keepdim=True)
+    std = kept.std(0, keepdim=True) if old.dim() > 1 else kept.std().reshape(1)
+    new = mean + 0.01 * std * torch.randn((n_total - n_keep, *old.shape[1:]), generator=gen)
+    return torch.cat([kept, new]).to(old.dtype)
+
+
+def import_checkpoint(src: str | Path, base: Config, fmt: str | None = None, seed: int = 0,
+                      allow_partial: bool = False):
+    """Build our model from a Phi or Show-o directory. Returns (model, cfg).
+
+    ``base`` provides everything the foreign checkpoint does not fix (MoE, layout, training).
+    """
+    from unif2ace.model.unif2ace import UniF2ace
+
+    src = Path(src)
+    if not src.is_dir():
+        raise CheckpointError(f"{src}: not a directory")
+    sd = read_foreign_state_dict(src)
+    fmt = fmt or detect_format(src, sd)
+    if fmt not in ("phi", "showo"):
+        raise CheckpointError(f"unknown format {fmt!r} (phi | showo)")
+    mcfg = foreign_model_config(src, sd, fmt, base.model)
+    cfg = dataclasses.replace(base, model=mcfg)
+    model = UniF2ace(mcfg)
+    layout = model.layout
+    ours = {}
+    for k, v in sd.items():
+        nk = _rename(k)
+        if nk is not None:
+            ours[nk] = v
+    gen = torch.Generator().manual_seed(seed)
+    rows = ours["embed_tokens.weight"].shape[0]
+    if fmt == "showo":
+        if rows != layout.vocab_size:
+            raise CheckpointError(f"{src}: Show-o embedding has {rows} rows but our layout needs {layout.vocab_size} "
+                                  f"(text {layout.text_vocab_size} + 10 + codebook {layout.codebook_size} + 1)")
+    else:
+        if rows < layout.text_vocab_size:
+            raise CheckpointError(f"{src}: embedding has {rows} rows < text_vocab_size {layout.text_vocab_size}")
+        for k in ("embed_tokens.weight", "lm_head.weight", "lm_head.bias"):
+            if k in ours:
+                ours[k] = _resize_rows(ours[k], layout.text_vocab_size, layout.vocab_size, gen)
+    if mcfg.moe.enabled:
+        ours = _upcycle(model, ours, mcfg)
+    check_state_dict(model, ours, str(src), allow_partial)
+    return model, cfg
+
+
+def _upcycle(model, sd: dict[str, torch.Tensor], mcfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Turn each layer's dense fc1/fc2 into the grouped MoE's experts (``moe.upcycle``)."""
+    from unif2ace.model.mlp import DenseMLP
+    from unif2ace.model.moe.upcycle import upcycle_from_dense
+
+    for i, layer in enumerate(model.layers):
+        pre = f"layers.{i}.ffn."
+        dense = DenseMLP(mcfg.hidden_size, sd[pre + "fc1.weight"].shape[0], mcfg.hidden_act)
+        dense.load_state_dict({n: sd.pop(pre + n) for n in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")})
+        upcycle_from_dense(layer.ffn, dense, mcfg.moe.upcycle)
+        for n, t in layer.ffn.state_dict().items():
+            sd[pre + n] = t
+    return sd
