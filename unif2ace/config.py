@@ -34,7 +34,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class TokenMoEConfig:
-    """Grouped token-level MoE (replaces the FFN). Disabled → a dense Phi MLP."""
+    """Grouped token-level MoE (replaces the FFN). Disabled → a dense Phi MLP.
+
+    Two expert groups per layer, chosen by the sequence's task (T2I → generation, MMU →
+    understanding); each has ``num_shared`` always-on experts and ``num_routed`` routed ones
+    with its own softmax top-k router. Dropless: no capacity, every token computed k times.
+    """
 
     enabled: bool = False
     """Use the grouped token-level MoE instead of the dense MLP."""
@@ -50,6 +55,9 @@ class TokenMoEConfig:
     """Renormalise the top-k gates to sum to one."""
     activation: str = "gelu_new"
     """Expert activation (a transformers ACT2FN name)."""
+    expert_bias: bool = True
+    """Per-expert fc1/fc2 biases, as in Phi's dense MLP (needed for an exact ``split`` upcycle).
+    MegaBlocks' grouped MLP has no per-expert biases: the megablocks backend needs False."""
     lambda_t2i: float = 0.01
     """Load-balancing loss weight of the generation group."""
     lambda_mmu: float = 0.01
@@ -59,12 +67,14 @@ class TokenMoEConfig:
     backend: Literal["auto", "torch", "megablocks"] = "auto"
     """Compute backend: megablocks on CUDA when importable, else torch (auto)."""
     upcycle: Literal["split", "copy", "none"] = "split"
-    """How experts are initialised from an imported dense MLP."""
+    """How experts are initialised from an imported dense MLP: split = the dense FFN cut into
+    expert_ffn-wide slices (exact when (num_shared+num_routed)·expert_ffn = intermediate_size),
+    copy = every expert a copy (needs expert_ffn = intermediate_size), none = keep the init."""
 
 
 @dataclass
 class SeqMoEConfig:
-    """Grouped sequence-level MoE: one routing decision per sequence."""
+    """Grouped sequence-level MoE: one routing decision per sequence, a residual branch."""
 
     enabled: bool = False
     """Add the sequence-level MoE branch to every block."""
@@ -76,8 +86,13 @@ class SeqMoEConfig:
     """Experts chosen per sequence."""
     balance_weight: float = 0.01
     """Weight of the sequence-router balance loss."""
+    resampler_dim: int = 512
+    """Inner width of a feature expert's resampler (its cross-attention queries/keys/values)."""
     resampler_heads: int = 4
     """Attention heads of the feature resampler."""
+    no_face: Literal["mask", "copy"] = "mask"
+    """Sequences whose image had no detected face: mask = the router never picks the Face
+    expert for them; copy = the Face expert reduces to Copy (E(x) = x) for them."""
     clip_dim: int = 512
     """Width of the cached CLIP embedding."""
     face_dim: int = 512
@@ -429,10 +444,16 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name} must be positive")
     e = m.moe
     if e.enabled:
-        if not 1 <= e.top_k <= e.num_routed:
-            raise ConfigError(f"model.moe.top_k={e.top_k} must be in [1, model.moe.num_routed={e.num_routed}]")
+        if e.num_routed < 1 or not 1 <= e.top_k <= e.num_routed:
+            raise ConfigError(f"model.moe.top_k={e.top_k} must be in [1, model.moe.num_routed={e.num_routed}] "
+                              "and num_routed ≥ 1")
         if e.num_shared < 0 or e.expert_ffn <= 0:
             raise ConfigError("model.moe.num_shared must be ≥ 0 and model.moe.expert_ffn > 0")
+        if min(e.lambda_t2i, e.lambda_mmu, e.z_loss) < 0:
+            raise ConfigError("model.moe.lambda_t2i, lambda_mmu and z_loss must be ≥ 0")
+        if e.backend == "megablocks" and e.expert_bias:
+            raise ConfigError("model.moe.backend=megablocks needs model.moe.expert_bias=false "
+                              "(MegaBlocks' grouped MLP has no per-expert biases)")
     s = m.seq_moe
     if s.enabled:
         for grp in ("und_experts", "gen_experts"):
@@ -442,6 +463,11 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"model.seq_moe.{grp}: unknown experts {bad}; known: {sorted(_EXPERTS)}")
             if not 1 <= s.top_k <= len(names):
                 raise ConfigError(f"model.seq_moe.top_k={s.top_k} must be in [1, len(model.seq_moe.{grp})={len(names)}]")
+        if s.balance_weight < 0:
+            raise ConfigError("model.seq_moe.balance_weight must be ≥ 0")
+        if s.resampler_dim <= 0 or s.resampler_heads <= 0 or s.resampler_dim % s.resampler_heads:
+            raise ConfigError(f"model.seq_moe.resampler_dim={s.resampler_dim} must be a positive multiple of "
+                              f"model.seq_moe.resampler_heads={s.resampler_heads}")
     d = cfg.data
     for name in ("t2i_fraction", "caption_fraction", "cond_drop"):
         if not 0.0 <= getattr(d, name) <= 1.0:
