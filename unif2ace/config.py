@@ -238,6 +238,23 @@ class TrainConfig:
     """Weights & Biases mode."""
     sample_every: int = 0
     """Write a T2I sample grid / VQA examples every N steps (0 disables)."""
+    wandb_project: str = "unif2ace"
+    """Weights & Biases project (runs are written under train.out_dir/wandb)."""
+    optimizer: Literal["auto", "torch_adamw", "cpu_adam"] = "auto"
+    """torch_adamw; cpu_adam (DeepSpeedCPUAdam, compiled on first use) for optimizer offload;
+    auto: cpu_adam when the DeepSpeed config offloads the optimizer, else torch_adamw."""
+    zero_init: bool = False
+    """Build the model under deepspeed.zero.Init (ZeRO-3 only): parameters are partitioned as
+    they are created, for models that do not fit one device; weights are then initialised
+    explicitly on rank 0 while gathered."""
+    resume: bool = True
+    """Continue from train.out_dir/checkpoints/latest when it exists."""
+    dist_timeout_s: int = 600
+    """Timeout of every collective: a dead or stuck rank becomes an error instead of a hang."""
+    peak_tflops: float = 0.0
+    """Device peak (dense bf16 TFLOP/s) for the MFU estimate; 0 = look the GPU up by name."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on rank 0 (metrics also go to train.out_dir/metrics.jsonl)."""
 
 
 @dataclass
@@ -477,6 +494,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.micro_batch and train.grad_accum must be positive, train.steps ≥ 0")
     if t.warmup_steps > max(t.steps, 0):
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} exceeds train.steps={t.steps}")
+    if t.keep_last < 1 or t.save_every < 0 or t.max_bad_steps < 1 or t.dist_timeout_s <= 0:
+        raise ConfigError("train.keep_last ≥ 1, train.save_every ≥ 0, train.max_bad_steps ≥ 1 and "
+                          "train.dist_timeout_s > 0 are required")
     if cfg.loss.alpha < 0:
         raise ConfigError("loss.alpha must be ≥ 0")
     if not 0.0 <= cfg.loss.min_mask_ratio < 1.0:

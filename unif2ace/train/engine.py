@@ -1,0 +1,347 @@
+"""The one place that knows DeepSpeed ("parallelize" in torchtitan's terms).
+
+    from unif2ace.train import engine as E
+    dist = E.init_distributed(timeout_s=600)              # env:// (deepspeed / torchrun / plain python)
+    ds_config = E.load_ds_config("ds_configs/zero3.json", cfg.train, dist.world_size)
+    model = E.build_model(cfg, ds_config)                  # explicit finite init, or init_from
+    engine = E.build_engine(model, cfg.train, ds_config)   # torch AdamW + warm-up/cosine, ZeRO
+
+The model stays a plain ``nn.Module``; the loop (unif2ace/train/trainer.py) only calls
+``engine(...)``, ``engine.backward``, ``engine.step`` and the checkpoint helpers.
+
+Decisions, and why:
+- The DeepSpeed JSON holds only the parallelism (ZeRO stage, offload, buckets, expert
+  parallelism). Batch sizes, accumulation, clipping and precision come from ``train.*``; the JSON
+  says ``"auto"`` for them and a concrete value that disagrees is an error, so there is one source
+  of truth. ``optimizer``/``scheduler`` sections are refused: we build them here.
+- torch AdamW with two groups. Norms and embeddings are found by *module type*, biases and other
+  vectors by dimensionality, so no name list can silently miss (Show-o's never matched Phi).
+- bf16 on CUDA (fp32 master weights inside ZeRO), fp32 on CPU.
+- Every rank seeds the same generator before building, so a model built without ``zero.Init``
+  is identical everywhere before ZeRO partitions it; under ``zero.Init`` the weights are gathered
+  and initialised by rank 0 explicitly (transformers' init is skipped there, giving 1e27 weights).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unif2ace.config import Config, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """A DeepSpeed config, an init checkpoint or the model itself is unusable; says which and why."""
+
+
+# --------------------------------------------------------------------------- process group
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+
+
+def init_distributed(timeout_s: int = 600) -> DistInfo:
+    """Join the process group from the launcher's env (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+
+    Plain ``python launchers/train.py`` has none of them: it becomes a world of one. The timeout
+    bounds every collective, so a dead peer turns into an error instead of a hang.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = on_gpu()
+    if gpu:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False,
+                                   timeout=timedelta(seconds=timeout_s), verbose=False)
+    device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+# --------------------------------------------------------------------------- DeepSpeed JSON
+
+_OWNED_BY_TRAIN = {
+    # DeepSpeed key: (train.* field it must equal, how to compute it)
+    "train_micro_batch_size_per_gpu": "train.micro_batch",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "gradient_clipping": "train.grad_clip",
+}
+
+
+def load_ds_config(path: str | os.PathLike | dict, train: TrainConfig, world_size: int,
+                   gpu: bool | None = None) -> dict[str, Any]:
+    """Read a DeepSpeed JSON and resolve its ``"auto"`` entries from ``train``.
+
+    Raises EngineError naming the file and key when the JSON contradicts ``train.*`` or carries
+    an ``optimizer``/``scheduler`` section.
+    """
+    if isinstance(path, dict):
+        src, raw = "<dict>", copy.deepcopy(path)
+    else:
+        src = str(path)
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise EngineError(f"DeepSpeed config {src}: file not found (see ds_configs/README.md)") from None
+        except json.JSONDecodeError as e:
+            raise EngineError(f"DeepSpeed config {src}: not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise EngineError(f"DeepSpeed config {src}: top level must be an object")
+    for key in ("optimizer", "scheduler"):
+        if key in raw:
+            raise EngineError(f"DeepSpeed config {src}: remove {key!r}: the optimiser (torch AdamW with weight-decay "
+                              f"groups) and the warm-up + cosine schedule are built from train.* by unif2ace")
+    gpu = on_gpu() if gpu is None else gpu
+    wanted = {"train_micro_batch_size_per_gpu": train.micro_batch,
+              "gradient_accumulation_steps": train.grad_accum,
+              "gradient_clipping": float(train.grad_clip)}
+    for key, value in wanted.items():
+        have = raw.get(key, "auto")
+        if have != "auto" and float(have) != float(value):
+            raise EngineError(f"DeepSpeed config {src}: {key}={have} contradicts {_OWNED_BY_TRAIN[key]}={value}; "
+                              f"set it to \"auto\" (train.* is the source of truth)")
+        raw[key] = value
+    global_batch = train.micro_batch * train.grad_accum * world_size
+    have = raw.get("train_batch_size", "auto")
+    if have != "auto" and int(have) != global_batch:
+        raise EngineError(f"DeepSpeed config {src}: train_batch_size={have} ≠ micro_batch·grad_accum·world "
+                          f"= {train.micro_batch}·{train.grad_accum}·{world_size} = {global_batch}")
+    raw["train_batch_size"] = global_batch
+    bf16 = raw.setdefault("bf16", {"enabled": "auto"})
+    if bf16.get("enabled", "auto") == "auto":
+        bf16["enabled"] = bool(gpu and torch.cuda.is_bf16_supported())
+    if raw.get("fp16", {}).get("enabled") is True:
+        raise EngineError(f"DeepSpeed config {src}: fp16 is not supported (loss scaling would skip steps that our "
+                          f"NaN accounting counts as bad); use bf16")
+    # A client (torch) optimiser under ZeRO needs these two switches; they change nothing else.
+    raw.setdefault("zero_allow_untested_optimizer", True)
+    zero = raw.setdefault("zero_optimization", {"stage": 0})
+    if zero.get("offload_optimizer", {}).get("device", "none") != "none" and train.optimizer == "torch_adamw":
+        raw.setdefault("zero_force_ds_cpu_optimizer", False)
+    raw.setdefault("steps_per_print", 10 ** 9)  # we log ourselves
+    raw.setdefault("wall_clock_breakdown", False)
+    return raw
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+# --------------------------------------------------------------------------- model
+
+
+NO_DECAY_MODULES: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.Embedding,
+                                       nn.modules.batchnorm._NormBase)
+"""Module types none of whose parameters get weight decay."""
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decay for matrices of compute layers; none for parameters of norm and
+    embedding modules (by type) and for every parameter with fewer than 2 dims or registered as a
+    bias (biases, gates, scales). Each group carries ``names`` for inspection."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for mod_name, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            is_bias = pname == "bias" or pname.startswith("bias") or pname.endswith("_bias")
+            if isinstance(mod, NO_DECAY_MODULES) or is_bias or _logical_ndim(p) < 2:
+                no_decay.append((full, p))
+            else:
+                decay.append((full, p))
+    return [
+        {"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def _logical_ndim(p: torch.Tensor) -> int:
+    """Dims of the full parameter (ZeRO-3 replaces ``p`` by an empty placeholder)."""
+    shape = getattr(p, "ds_shape", None)
+    return len(shape) if shape is not None else p.dim()
+
+
+def leaf_module_classes() -> list[type]:
+    """MoE classes ZeRO-3 must treat as leaves (their submodules run in a data-dependent order)."""
+    try:
+        from unif2ace.model.moe import ZERO3_LEAF_MODULES
+    except ImportError:
+        return []
+    return list(ZERO3_LEAF_MODULES)
+
+
+def register_leaf_modules(model: nn.Module) -> list[nn.Module]:
+    """Flag every MoE block of ``model`` as a ZeRO-3 leaf (else ranks hang on mismatched gathers)."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    classes = [c for c in leaf_module_classes() if any(isinstance(m, c) for m in model.modules())]
+    if not classes:
+        return []
+    return set_z3_leaf_modules(model, classes)
+
+
+def _same_model(ckpt_model, run_model, source: str) -> None:
+    from dataclasses import asdict
+
+    da, db = asdict(ckpt_model), asdict(run_model)
+    diffs = _diff(da, db, "model.")
+    if diffs:
+        raise EngineError(f"train.init_from={source}: its model config differs from this run's: "
+                          + "; ".join(diffs[:12]) + (" …" if len(diffs) > 12 else "")
+                          + " (use the recipe it was trained with, or override those keys)")
+
+
+def _diff(a: dict, b: dict, prefix: str) -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb and not (isinstance(va, (list, tuple)) and list(va) == list(vb or [])):
+            out.append(f"{prefix}{k}: checkpoint {va!r} vs run {vb!r}")
+    return out
+
+
+def load_init(cfg: Config) -> nn.Module:
+    """``train.init_from``: our HF-style directory, or a Phi / Show-o directory (imported with MoE
+    upcycling as configured). The model config it implies must equal this run's."""
+    from unif2ace.checkpoint.hf_io import CONFIG_NAME, FORMAT, CheckpointError, load_pretrained
+
+    src = Path(cfg.train.init_from)
+    if not src.is_dir():
+        raise EngineError(f"train.init_from={src}: not a directory")
+    try:
+        meta = json.loads((src / CONFIG_NAME).read_text()) if (src / CONFIG_NAME).exists() else {}
+        if meta.get("format") == FORMAT:
+            model, ckpt_cfg = load_pretrained(src)
+        else:
+            from unif2ace.checkpoint.adapters import import_checkpoint
+            model, ckpt_cfg = import_checkpoint(src, cfg, seed=cfg.train.seed)
+    except CheckpointError as e:
+        raise EngineError(f"train.init_from: {e}") from None
+    _same_model(ckpt_cfg.model, cfg.model, str(src))
+    return model
+
+
+def build_model(cfg: Config, ds_config: dict) -> nn.Module:
+    """The model, initialised identically on every rank, weights checked finite.
+
+    ``train.zero_init`` (ZeRO-3 only) builds under ``deepspeed.zero.Init`` so parameters are
+    partitioned as they are created, then gathers them for an explicit init by rank 0.
+    """
+    from unif2ace.model.unif2ace import UniF2ace
+
+    torch.manual_seed(cfg.train.seed)  # same init on every rank
+    if cfg.train.init_from:
+        model = load_init(cfg)
+    elif cfg.train.zero_init:
+        if zero_stage(ds_config) != 3:
+            raise EngineError(f"train.zero_init=true needs ZeRO stage 3, the DeepSpeed config has stage "
+                              f"{zero_stage(ds_config)}")
+        import deepspeed
+
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = UniF2ace(cfg.model)
+        # Parameters were partitioned module by module during __init__, so the model's own
+        # init_weights ran on empty placeholders: gather, init on rank 0, scatter back.
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+            if torch.distributed.get_rank() == 0:
+                model.init_weights()
+    else:
+        model = UniF2ace(cfg.model)
+    return model
+
+
+def check_finite(model: nn.Module) -> None:
+    """Raise naming the first parameters (this rank's ZeRO-3 shard) that hold NaN/inf."""
+    bad = []
+    for n, p in model.named_parameters():
+        t = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+        if t.numel() and not torch.isfinite(t).all():
+            bad.append(n)
+    if bad:
+        raise EngineError(f"non-finite weights after init in {len(bad)} tensors: {', '.join(bad[:10])}")
+
+
+# --------------------------------------------------------------------------- optimiser + engine
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig, ds_config: dict) -> torch.optim.Optimizer:
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, train.weight_decay)]
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+    kind = train.optimizer
+    if kind == "auto":
+        kind = "cpu_adam" if offload else "torch_adamw"
+    if kind == "cpu_adam":
+        if not offload:
+            raise EngineError("train.optimizer=cpu_adam needs zero_optimization.offload_optimizer in the DeepSpeed config")
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # compiles a C++ op on first use
+
+        return DeepSpeedCPUAdam(groups, lr=train.lr, betas=train.betas, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas)
+
+
+def lr_schedule(train: TrainConfig):
+    """Linear warm-up to ``train.lr``, cosine decay to ``min_lr_ratio·lr`` at ``train.steps``
+    (transformers' implementation; DeepSpeed calls it with the optimiser it wraps)."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    def make(optimizer):
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=max(train.steps, 1),
+            min_lr_rate=train.min_lr_ratio)
+
+    return make
+
+
+def build_engine(model: nn.Module, train: TrainConfig, ds_config: dict):
+    """``deepspeed.initialize`` with our optimiser and schedule; MoE blocks registered as leaves."""
+    import deepspeed
+
+    leaves = register_leaf_modules(model)
+    if leaves:
+        log.info("ZeRO-3 leaf modules: %d (%s)", len(leaves), sorted({type(m).__name__ for m in leaves}))
+    optimizer = build_optimizer(model, train, ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_schedule(train),
+                                           config=ds_config, dist_init_required=False)
+    check_finite(engine.module)
+    return engine
+
+
+def model_dtype(ds_config: dict) -> torch.dtype:
+    return torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32

@@ -1,0 +1,234 @@
+"""Observability of a training run: rank-reduced metrics, throughput, MFU, sinks.
+
+    meter = StepMeter(world_size)                    # every rank
+    meter.add_micro(metrics, stats, batch, wait_s)   # after each micro step
+    out = meter.reduce({"stop": flag})               # collective: one all_reduce + one all_gather
+    sink = MetricsSink(cfg, rank, start_step)        # rank 0 writes; others no-op
+    sink.log(step, {**out["row"], "lr": lr, "grad_norm": gn})
+
+Per step the row holds: ``loss`` and the per-task parts (``l_mmu``, ``l_mask``, ``l_score``,
+``l_d3diff``) averaged over the ranks that had rows of that task, every balance loss
+(``loss_*``), routing statistics (``L{i}/…``, averaged over ranks), the mean applied mask ratio
+of T2I rows, ``grad_norm``, ``lr``, per-rank ``tokens_per_s`` / ``samples_per_s`` /
+``data_wait_s`` (``rank{r}/…``), and on GPU an ``mfu`` estimate.
+
+Sinks: ``metrics.jsonl`` in ``train.out_dir`` (one JSON object per step; floats are written
+with ``repr`` so they round-trip exactly, which the resume test relies on), a tqdm progress bar,
+and wandb (offline by default; ``train.wandb=online``; ``disabled`` or ``WANDB_MODE=disabled``
+imports nothing).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unif2ace.config import Config, ModelConfig
+from unif2ace.tokens import TASK_T2I
+
+LOSS_KEYS = ("loss", "l_mmu", "l_mask", "l_score", "l_d3diff")
+
+PEAK_TFLOPS = {  # dense bf16 (no sparsity), by substring of torch.cuda.get_device_name()
+    "H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0,
+    "L4": 121.0, "B200": 2250.0, "4090": 165.0, "V100": 125.0,
+}
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def _numel(p: torch.Tensor) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 leaves an empty placeholder
+
+
+def active_matmul_params(model: torch.nn.Module) -> int:
+    """Parameters a token multiplies through: all but the input embedding table, with each
+    token-level MoE counted at its active size (shared + top-k routed experts)."""
+    total = sum(_numel(p) for n, p in model.named_parameters() if not n.startswith("embed_tokens."))
+    for layer in getattr(model, "layers", []):
+        ffn = getattr(layer, "ffn", None)
+        act = getattr(ffn, "active_parameters", None)
+        if callable(act):
+            total += int(act()) - sum(_numel(p) for p in ffn.parameters())
+    return total
+
+
+def train_flops_per_token(model: torch.nn.Module, mcfg: ModelConfig) -> float:
+    """6·N (forward + backward matmuls) + 12·layers·hidden·seq_len (attention scores and
+    values, forward + backward), as in the PaLM / Megatron MFU accounting."""
+    return 6.0 * active_matmul_params(model) + 12.0 * mcfg.num_layers * mcfg.hidden_size * mcfg.seq_len
+
+
+def device_peak_flops(override_tflops: float = 0.0) -> float | None:
+    """Peak FLOP/s of this rank's device; None on CPU or an unknown GPU (then no MFU)."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, tf in PEAK_TFLOPS.items():
+        if key in name:
+            return tf * 1e12
+    return None
+
+
+# --------------------------------------------------------------------------- per-step accumulation
+
+
+class StepMeter:
+    """Accumulates one optimiser step's micro steps on this rank, then reduces over ranks."""
+
+    def __init__(self, world_size: int, device: torch.device, flops_per_token: float, peak_flops: float | None):
+        self.world_size = world_size
+        self.device = device
+        self.flops_per_token = flops_per_token
+        self.peak = peak_flops
+        self._aux_keys: list[str] | None = None
+        self._stat_keys: list[str] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.stats: dict[str, torch.Tensor] = {}
+        self.stats_n = 0
+        self.samples = 0
+        self.tokens = 0
+        self.wait = 0.0
+        self.t0 = time.perf_counter()
+
+    def add_micro(self, metrics: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+                  batch: dict[str, torch.Tensor], wait_s: float) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0.0) + 1.0
+        t2i = batch["task"] == TASK_T2I
+        if "mask_ratio" in batch and bool(t2i.any()):
+            self.sums["mask_ratio"] = self.sums.get("mask_ratio", 0.0) + float(batch["mask_ratio"][t2i].float().mean())
+            self.counts["mask_ratio"] = self.counts.get("mask_ratio", 0.0) + 1.0
+        for k, v in stats.items():
+            v = v.detach().float().reshape(-1).cpu()
+            self.stats[k] = self.stats[k] + v if k in self.stats else v
+        self.stats_n += 1
+        self.samples += int(batch["input_ids"].shape[0])
+        self.tokens += int(batch["input_ids"].numel())
+        self.wait += wait_s
+
+    def reduce(self, extra_flags: dict[str, float]) -> dict[str, Any]:
+        """Collective. Means over ranks (per key over the ranks that saw it), per-rank
+        throughput, and the *sum* over ranks of each flag in ``extra_flags`` (e.g. stop request)."""
+        import torch.distributed as dist
+
+        if self._aux_keys is None:  # fixed key order, identical on every rank
+            self._aux_keys = sorted(k for k in self.sums if k.startswith("loss_"))
+            self._stat_keys = sorted(self.stats)
+        keys = list(LOSS_KEYS) + ["mask_ratio"] + self._aux_keys
+        vals = []
+        for k in keys:
+            n = self.counts.get(k, 0.0)
+            vals += [self.sums.get(k, 0.0) / n if n else 0.0, 1.0 if n else 0.0]
+        stat_vecs = [self.stats.get(k, torch.zeros(1)) / max(self.stats_n, 1) for k in self._stat_keys]
+        flat = torch.tensor(vals + list(extra_flags.values()), dtype=torch.float64)
+        stat_flat = torch.cat(stat_vecs).double() if stat_vecs else torch.zeros(0, dtype=torch.float64)
+        packed = torch.cat([flat, stat_flat]).to(self.device)
+        dist.all_reduce(packed)
+        packed = packed.cpu()
+        row: dict[str, Any] = {}
+        for i, k in enumerate(keys):
+            s, n = float(packed[2 * i]), float(packed[2 * i + 1])
+            if n:
+                row[k] = s / n
+        off = 2 * len(keys)
+        flags = {k: float(packed[off + i]) for i, k in enumerate(extra_flags)}
+        off += len(extra_flags)
+        for k, v in zip(self._stat_keys, stat_vecs):
+            seg = packed[off: off + v.numel()] / self.world_size
+            off += v.numel()
+            if seg.numel() == 1:
+                row[k] = float(seg)
+            else:
+                for j, x in enumerate(seg.tolist()):
+                    row[f"{k}/{j}"] = x
+        # per-rank throughput: gathered, since "per rank" is the point (stragglers show up)
+        dt = time.perf_counter() - self.t0
+        mine = torch.tensor([self.tokens / dt, self.samples / dt, self.wait], dtype=torch.float64, device=self.device)
+        every = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(every, mine)
+        for r, t in enumerate(every):
+            tok, smp, wait = t.tolist()
+            row[f"rank{r}/tokens_per_s"] = tok
+            row[f"rank{r}/samples_per_s"] = smp
+            row[f"rank{r}/data_wait_s"] = wait
+        row["tokens_per_s"] = self.tokens / dt * self.world_size
+        row["step_time_s"] = dt
+        if self.peak:
+            row["mfu"] = self.tokens / dt * self.flops_per_token / self.peak
+        self.reset()
+        return {"row": row, "flags": flags}
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+def wandb_mode(cfg: Config) -> str:
+    return "disabled" if os.environ.get("WANDB_MODE") == "disabled" else cfg.train.wandb
+
+
+class MetricsSink:
+    """Rank 0: metrics.jsonl + progress bar + wandb. Other ranks: no-ops."""
+
+    def __init__(self, cfg: Config, rank: int, start_step: int):
+        self.enabled = rank == 0
+        self.cfg = cfg
+        self.bar = None
+        self.run = None
+        self.file = None
+        if not self.enabled:
+            return
+        out = Path(cfg.train.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / "metrics.jsonl", "a")
+        if cfg.train.progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.name, dynamic_ncols=True)
+        mode = wandb_mode(cfg)
+        if mode != "disabled":
+            import wandb
+
+            self.run = wandb.init(project=cfg.train.wandb_project, name=cfg.name, dir=str(out), mode=mode,
+                                  config=cfg.to_dict(), resume="allow")
+
+    def event(self, **kw) -> None:
+        if self.file:
+            self.file.write(json.dumps({"event": kw.pop("event"), **kw}) + "\n")
+            self.file.flush()
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **row}
+        self.file.write(json.dumps(row, allow_nan=True) + "\n")
+        self.file.flush()
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            post = {"loss": row.get("loss", math.nan), "lr": row.get("lr", 0.0), "gn": row.get("grad_norm", 0.0),
+                    "tok/s": row.get("tokens_per_s", 0.0)}
+            if "mfu" in row:
+                post["mfu"] = row["mfu"]
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in post.items()}, refresh=False)
+        if self.run is not None:
+            self.run.log(row, step=step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.run is not None:
+            self.run.finish()
+        if self.file:
+            self.file.close()
