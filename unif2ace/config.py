@@ -259,16 +259,20 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """Inference defaults."""
+    """Inference defaults (unif2ace/inference/t2i.py and mmu.py)."""
 
     steps: int = 12
-    """MaskGIT decoding steps."""
+    """MaskGIT decoding steps (one forward each; fewer if every token is known earlier)."""
     guidance: float = 2.0
     """Classifier-free guidance weight w."""
-    guidance_form: Literal["uncond_plus", "showo"] = "uncond_plus"
-    """uncond + w·(cond − uncond), or Show-o's (1+w)·cond − w·uncond."""
+    guidance_form: Literal["uncond_plus", "showo", "none"] = "uncond_plus"
+    """uncond + w·(cond − uncond) (w = 1: no guidance, w = 0: unconditional), Show-o's
+    (1+w)·cond − w·uncond (w = 0: no guidance), or none: conditional rows only (half the compute)."""
     temperature: float = 1.0
-    """Initial Gumbel temperature of the confidence re-masking (annealed linearly to 0)."""
+    """Gumbel temperature of the confidence re-masking at the start; step s of T uses
+    temperature·(1 − (s+1)/T), so it falls linearly to 0 at the last step."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Fraction of the initially unknown image tokens still masked after step s: m((s+1)/T)."""
     max_new_tokens: int = 64
     """MMU decoding budget."""
     top_p: float = 1.0
