@@ -117,3 +117,23 @@ def test_showo_import_cli_maps_one_to_one(tmp_path):
                         str(tmp_path / "bad"), "--config", "tiny", "--format", "phi"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not a phi checkpoint" in r.stderr, r.stderr
+
+
+def test_phi_import_upcycles_into_moe_and_keeps_the_function(tmp_path):
+    """Split upcycling during import: with a uniform router choosing every expert, the MoE
+    model reproduces the dense Phi's logits."""
+    phi, d = _tiny_phi(tmp_path)
+    base = load_config("tiny", ["model.moe.enabled=true", "model.moe.num_shared=1", "model.moe.num_routed=7",
+                                "model.moe.top_k=7", "model.moe.expert_ffn=32", "model.moe.upcycle=split",
+                                "model.moe.lambda_t2i=0", "model.moe.lambda_mmu=0"])
+    model, cfg = import_checkpoint(d, base)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.ffn.router.zero_()
+    model.eval()
+    ids = torch.randint(0, 512, (2, 12))
+    with torch.no_grad():
+        ref = phi(input_ids=ids).logits
+        ours = model(ids, torch.full((2,), TASK_MMU)).logits
+    text = model.layout.text_vocab_size
+    assert torch.allclose(ours[..., :text], ref[..., :text], atol=1e-5), (ours[..., :text] - ref[..., :text]).abs().max()
