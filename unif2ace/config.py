@@ -180,22 +180,28 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    """Where the precomputed shards are and how batches are mixed."""
+    """Where the precomputed shards are and how batches are mixed (unif2ace/data/loader.py)."""
 
     shards: str = "runs/synthface/shards"
-    """Directory of precomputed shards (manifest.json inside)."""
+    """Directory of precomputed shards (manifest.json inside; tools/precompute_tokens.py)."""
+    split: str = "train"
+    """Split of the shards to stream ('' = every sample)."""
     t2i_fraction: float = 0.5
-    """Fraction of each batch's rows that are T2I (rest MMU); 0 and 1 allowed."""
+    """Fraction of rows that are T2I (rest MMU); 0 and 1 allowed. Tasks follow a low-discrepancy
+    sequence over the sample stream, so every batch holds this share to within one row."""
     caption_fraction: float = 0.25
     """Fraction of MMU rows that are captioning (rest VQA)."""
     cond_drop: float = 0.1
-    """Probability of dropping the T2I text condition (classifier-free guidance)."""
+    """Probability of dropping the T2I text condition (classifier-free guidance); a dropped row
+    also loses its CLIP / face features (face_found=False), keeping only the noise embedding."""
     max_qa_turns: int = 4
-    """Question/answer turns packed into one MMU row."""
+    """Question/answer turns packed into one MMU row (turns that do not fit text_len are dropped)."""
     num_workers: int = 0
-    """DataLoader worker processes."""
+    """DataLoader worker processes building batches (0 = in the training process)."""
     seed: int = 0
-    """Seed of the shuffle and the masking."""
+    """Seed of the shuffle and the masking (each sample's randomness: seed, epoch, sample)."""
+    verify: bool = False
+    """Recompute every shard file's sha256 against the manifest when the loader starts."""
 
 
 @dataclass
