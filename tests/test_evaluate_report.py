@@ -1,0 +1,113 @@
+"""evaluate(): metrics.json, report.md and grids from dummy callables on real SynthFace output.
+
+Ground-truth callables must score 1.0 (VQA, caption recall) and reproduce the classifier's
+verdict on the real faces; wrong ones must score 0.
+"""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from unif2ace.data import synthface
+from unif2ace.eval.attribute_classifier import AttributeClassifier, ClassifierConfig, load_taxonomy, to_input
+from unif2ace.eval.evaluate import EvalConfig, answers_from_table, evaluate
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "synthface"
+    counts = synthface.write_dataset(data, num=96, size=64, seed=3, test_frac=0.3, val_frac=0.0, progress=False)
+    assert counts["test"] >= 12
+    torch.manual_seed(0)
+    clf = AttributeClassifier(ClassifierConfig(categories=load_taxonomy(data / "attributes.json"),
+                                               widths=[8, 16, 24]))
+    # Untrained, but with BatchNorm statistics of real faces so its features are O(1) in scale.
+    for m in clf.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average
+    faces = [Image.open(p).convert("RGB") for p in sorted((data / "images").glob("*/*.png"))]
+    with torch.no_grad():
+        clf.train()(to_input(faces, 64))
+    clf.save(root / "clf")
+    meta = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    test = [m for m in meta if m["split"] == "test"]
+    return data, root / "clf", test
+
+
+def _cfg(setup, out, **kw):
+    data, clf, test = setup
+    return EvalConfig(data=str(data), classifier=str(clf), out=str(out), batch_size=5, grid_rows=4, **kw)
+
+
+def test_ground_truth_callables_score_one(setup, tmp_path):
+    data, clf_dir, test = setup
+    cfg = _cfg(setup, tmp_path / "gt", num_understanding=8, num_generation=10, fid_real=10)
+    table = {(m["id"], qa["q"]): qa["a"] for m in test for qa in qa_list(m)}
+    table.update({(m["id"], cfg.caption_prompt): m["caption"] for m in test})
+    by_caption = {m["caption"]: data / m["file"] for m in test}
+    calls = []
+
+    def generate(prompts):  # the real face each prompt describes
+        calls.append(len(prompts))
+        return [Image.open(by_caption[p]).convert("RGB") for p in prompts]
+
+    m = evaluate(cfg, generate_fn=generate, answer_fn=answers_from_table(table))
+    assert calls == [5, 5]  # batched by batch_size
+    vqa = m["understanding"]["vqa"]
+    n_q = sum(len(qa_list(t)) for t in test[:8])
+    assert vqa["overall"]["n"] == n_q and vqa["overall"]["accuracy"] == 1.0
+    assert all(v["accuracy"] == 1.0 for v in vqa["per_category"].values())
+    assert vqa["overall"]["n_open"] > 0 and vqa["overall"]["n_yesno"] > 0  # kinds read from the metadata
+    cap = m["understanding"]["caption"]
+    assert cap["recall"] == 1.0 and cap["precision"] == 1.0 and cap["n_images"] == 8
+    gen = m["generation"]
+    # generated == real faces: same verdicts, and FID of a set against itself is 0
+    assert gen["attributes"] == gen["real_reference"]
+    assert gen["attributes"]["n"] > 10 * 3
+    assert abs(gen["synthface_fid"]["value"]) < 1e-3 and gen["synthface_fid"]["n_real"] == 10
+    # files
+    out = tmp_path / "gt"
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    report = (out / "report.md").read_text()
+    assert "## Understanding" in report and "## Generation" in report
+    assert "![face → answers](answers.png)" in report and "![prompt → generated faces](generation.png)" in report
+    assert f"| VQA exact-match accuracy ({n_q} questions) | **1.000** |" in report
+    for name in ("answers.png", "generation.png"):
+        with Image.open(out / name) as im:
+            assert im.width > 200 and im.height >= 4 * 128
+    assert len(list((out / "generated").glob("*.png"))) == 4
+
+
+def qa_list(meta):
+    return meta["qa"]
+
+
+def test_wrong_callables_score_zero(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path / "wrong", num_understanding=6, num_generation=8, fid_real=8)
+    grey = Image.new("RGB", (64, 64), (128, 128, 128))
+    m = evaluate(cfg, generate_fn=lambda ps: [grey] * len(ps), answer_fn=answers_from_table({}, default="purple"))
+    u = m["understanding"]
+    assert u["vqa"]["overall"]["accuracy"] == 0.0
+    assert u["caption"]["recall"] == 0.0 and u["caption"]["precision"] is None  # "purple" names no attribute
+    g = m["generation"]
+    # every generated face identical: one verdict for all; far from the real faces in feature space
+    assert g["synthface_fid"]["value"] > 1e-3
+    assert g["attributes"]["overall"] != g["real_reference"]["overall"]
+    report = (tmp_path / "wrong" / "report.md").read_text()
+    assert "| VQA exact-match accuracy" in report and "**0.000**" in report
+
+
+def test_understanding_only_and_errors(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path / "u", num_understanding=3)
+    m = evaluate(cfg, answer_fn=lambda ids, qs: ["yes"] * len(ids))
+    assert "generation" not in m and (tmp_path / "u" / "answers.png").exists()
+    assert not (tmp_path / "u" / "generation.png").exists()
+    # "yes" to everything: right exactly on the yes/no questions whose gold answer is yes
+    v = m["understanding"]["vqa"]["overall"]
+    assert 0 < v["accuracy"] < 1
+    with pytest.raises(ValueError, match="returned 1 answers for 5 questions"):
+        evaluate(cfg, answer_fn=lambda ids, qs: ["yes"])
+    with pytest.raises(ValueError, match="give generate_fn, answer_fn or both"):
+        evaluate(cfg)

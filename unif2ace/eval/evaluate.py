@@ -1,0 +1,265 @@
+"""Evaluate a model on SynthFace through two callables; write metrics.json, report.md and grids.
+
+    from unif2ace.eval.evaluate import EvalConfig, evaluate
+    cfg = EvalConfig(data="data/synthface", classifier="runs/classifier", out="runs/eval")
+    metrics = evaluate(cfg, generate_fn=gen, answer_fn=ans)
+    # gen(prompts: list[str]) -> list[PIL.Image]              one face per prompt
+    # ans(ids: list[str], questions: list[str]) -> list[str]  one answer per (face id, question)
+
+The callables are the only contact with the model, so the numbers do not depend on how the
+model is loaded or sampled (``launchers/evaluate.py`` builds them from a checkpoint). Either
+may be None to skip that half.
+
+* Understanding, on the first ``num_understanding`` faces of the split: every VQA pair of the
+  metadata (exact match per category with chance and majority baselines) and one caption per
+  face (prompt ``caption_prompt``), whose attributes are parsed with SynthFace's
+  ``attributes_in_text`` and scored against the reference caption (recall) and the visible
+  ground truth (precision).
+* Generation, from the reference captions of the first ``num_generation`` faces: the
+  attribute classifier's verdict on each prompted attribute, the same classifier on the real
+  faces as a ceiling, SynthFace-FID (classifier features) and, given ``inception_weights``,
+  standard FID, both against the split's real faces.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image
+
+from unif2ace.eval import metrics as M
+
+GenerateFn = Callable[[list[str]], list[Image.Image]]
+AnswerFn = Callable[[list[str], list[str]], list[str]]
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and where to write it."""
+
+    data: str = ""
+    """SynthFace directory (metadata.jsonl, attributes.json, images/)."""
+    out: str = ""
+    """Output directory: metrics.json, report.md, answers.png, generation.png."""
+    classifier: str = ""
+    """Attribute-classifier directory (tools/train_attribute_classifier.py); needed for generation."""
+    split: str = "test"
+    """Split whose faces are evaluated (splits are by identity: test people are unseen)."""
+    num_understanding: int = 0
+    """Faces for VQA and captioning (0 = every face of the split)."""
+    num_generation: int = 64
+    """Prompts (reference captions of the split's first faces) to generate from (0 = all)."""
+    caption_prompt: str = "Describe this face in detail."
+    """Question that asks for a caption (one of tokenizers.text.CAPTION_PROMPTS)."""
+    batch_size: int = 16
+    """Items per call of generate_fn / answer_fn."""
+    fid_real: int = 0
+    """Real faces for the FIDs (0 = every face of the split)."""
+    inception_weights: str = ""
+    """torch-fidelity InceptionV3 weights file for standard FID ('' = skip it)."""
+    grid_rows: int = 8
+    """Rows in the answers and generation grids."""
+    checkpoint: str = ""
+    """Shown in the report only (the model is reached through the callables)."""
+
+
+def _chunks(n: int, size: int):
+    for i in range(0, n, max(1, size)):
+        yield slice(i, min(n, i + max(1, size)))
+
+
+def _call_answers(answer_fn: AnswerFn, ids: list[str], questions: list[str], bs: int) -> list[str]:
+    out: list[str] = []
+    for s in _chunks(len(ids), bs):
+        got = list(answer_fn(ids[s], questions[s]))
+        if len(got) != len(ids[s]):
+            raise ValueError(f"answer_fn returned {len(got)} answers for {len(ids[s])} questions")
+        out += [str(a) for a in got]
+    return out
+
+
+def _call_generate(generate_fn: GenerateFn, prompts: list[str], bs: int) -> list[Image.Image]:
+    out: list[Image.Image] = []
+    for s in _chunks(len(prompts), bs):
+        got = list(generate_fn(prompts[s]))
+        if len(got) != len(prompts[s]):
+            raise ValueError(f"generate_fn returned {len(got)} images for {len(prompts[s])} prompts")
+        out += [im.convert("RGB") for im in got]
+    return out
+
+
+def _open(path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _visible(attrs: dict) -> dict:
+    from unif2ace.data import synthface
+
+    if not set(synthface.TAXONOMY) <= set(attrs):
+        return dict(attrs)  # not a full SynthFace record: nothing known to be hidden
+    hidden = synthface.hidden_categories(attrs)
+    return {c: v for c, v in attrs.items() if c not in hidden}
+
+
+def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: dict, out: Path) -> dict:
+    from unif2ace.data.synthface import attributes_in_text
+    from unif2ace.eval.report import answer_grid
+    from unif2ace.inference.t2i import save_png
+
+    recs = records[: cfg.num_understanding] if cfg.num_understanding else records
+    kind_of = _qa_kinds(cfg.data, recs)
+    owner = [i for i, r in enumerate(recs) for _ in r.qa]  # record index of each question
+    pairs = [qa for r in recs for qa in r.qa]
+    ids = [recs[o].id for o in owner]
+    qs, golds, cats = [qa.question for qa in pairs], [qa.answer for qa in pairs], [qa.category for qa in pairs]
+    kinds = [kind_of[(o, q)] for o, q in zip(owner, qs)]
+    preds = _call_answers(answer_fn, ids, qs, cfg.batch_size)
+    vqa = M.vqa_scores(preds, golds, cats, kinds, num_values)
+    captions = _call_answers(answer_fn, [r.id for r in recs], [cfg.caption_prompt] * len(recs), cfg.batch_size)
+    cap = M.caption_attribute_scores([attributes_in_text(c) for c in captions],
+                                     [attributes_in_text(r.caption) for r in recs],
+                                     [_visible(r.attributes) for r in recs])
+    rows = min(cfg.grid_rows, len(recs))
+    if rows:
+        per_face = [[] for _ in range(rows)]
+        for o, q, p, g in zip(owner, qs, preds, golds):
+            if o < rows and len(per_face[o]) < 6:
+                per_face[o].append((q, p, g))
+        save_png(answer_grid([_open(r.image) for r in recs[:rows]], per_face, captions=captions[:rows]),
+                 out / "answers.png")
+    examples = [{"id": recs[o].id, "question": q, "prediction": p, "gold": g}
+                for o, q, p, g in list(zip(owner, qs, preds, golds))[:50]]
+    return {"vqa": vqa, "caption": cap, "examples": examples,
+            "caption_examples": [{"id": r.id, "prediction": c, "reference": r.caption}
+                                 for r, c in list(zip(recs, captions))[:10]]}
+
+
+def _qa_kinds(data: str, recs) -> dict[tuple[int, str], str]:
+    """(record index, question) → "open" | "yesno", read from the metadata's ``kind`` field
+    (the generic record loader does not keep it). Without one, a yes/no gold answer means yesno."""
+    kinds: dict[str, dict[str, str]] = {}
+    meta = Path(data) / "metadata.jsonl"
+    if meta.exists():
+        want = {r.id for r in recs}
+        with open(meta, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if str(row.get("id")) in want:
+                    kinds[str(row["id"])] = {qa["q"]: qa.get("kind", "") for qa in row.get("qa", [])}
+    out = {}
+    for i, r in enumerate(recs):
+        for qa in r.qa:
+            k = kinds.get(r.id, {}).get(qa.question, "")
+            out[(i, qa.question)] = k or ("yesno" if M.normalize_answer(qa.answer) in ("yes", "no") else "open")
+    return out
+
+
+def _fid_entry(metric, real: list[Image.Image], fake: list[Image.Image], bs: int) -> dict:
+    from unif2ace.eval.fid import compute_fid, to_uint8
+
+    def batches(ims):
+        return (to_uint8(ims[s]) for s in _chunks(len(ims), 64))
+
+    return {"value": compute_fid(metric, batches(real), batches(fake)), "n_real": len(real), "n_generated": len(fake)}
+
+
+def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: dict, out: Path,
+                notes: list[str]) -> dict:
+    from unif2ace.data.synthface import attributes_in_text
+    from unif2ace.eval.attribute_classifier import AttributeClassifier
+    from unif2ace.eval.fid import inception_fid, synthface_fid
+    from unif2ace.eval.report import prompt_grid
+    from unif2ace.inference.t2i import save_png
+
+    if not cfg.classifier:
+        raise ValueError("EvalConfig.classifier is required to judge generated faces")
+    clf = AttributeClassifier.load(cfg.classifier)
+    recs = records[: cfg.num_generation] if cfg.num_generation else records
+    prompts = [r.caption for r in recs]
+    prompted = [attributes_in_text(p) for p in prompts]
+    fake = _call_generate(generate_fn, prompts, cfg.batch_size)
+    size = clf.cfg.image_size
+    judged = clf.predict(fake)
+    real_faces = [_open(r.image) for r in recs]
+    res = {"attributes": M.generation_attribute_scores(prompted, judged, num_values),
+           "real_reference": M.generation_attribute_scores(prompted, clf.predict(real_faces), num_values)}
+    # FID compares like with like: every face at the classifier's input size.
+    real_all = records[: cfg.fid_real] if cfg.fid_real else records
+    real = [_open(r.image).resize((size, size), Image.BICUBIC) for r in real_all]
+    fake_s = [im.resize((size, size), Image.BICUBIC) for im in fake]
+    if len(real) >= 2 and len(fake_s) >= 2:
+        res["synthface_fid"] = _fid_entry(synthface_fid(clf), real, fake_s, cfg.batch_size)
+        if cfg.inception_weights:
+            res["inception_fid"] = _fid_entry(inception_fid(cfg.inception_weights), real, fake_s, cfg.batch_size)
+        if len(fake_s) < 2 * clf.num_features:
+            notes.append(f"FID from {len(fake_s)} generated faces (feature dimension {clf.num_features}): "
+                         "biased upwards at small sample counts; compare runs only at equal counts.")
+    else:
+        notes.append("FID skipped: needs at least 2 real and 2 generated faces.")
+    rows = min(cfg.grid_rows, len(prompts))
+    if rows:
+        hits = []
+        for want, got in zip(prompted[:rows], judged[:rows]):
+            n_ok = sum(M.normalize_answer(got.get(c, "")) == M.normalize_answer(v) for c, v in want.items())
+            hits.append(f"classifier: {n_ok}/{len(want)} prompted attributes")
+        save_png(prompt_grid(prompts[:rows], [[im] for im in fake[:rows]], notes=hits), out / "generation.png")
+        for i, im in enumerate(fake[:rows]):
+            save_png(im, out / "generated" / f"{recs[i].id}.png")
+    res["examples"] = [{"id": r.id, "prompt": p, "prompted": w, "recognised": {c: j.get(c) for c in w}}
+                       for r, p, w, j in list(zip(recs, prompts, prompted, judged))[:20]]
+    return res
+
+
+def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, answer_fn: AnswerFn | None = None) -> dict:
+    """Run the enabled halves, write ``metrics.json`` + ``report.md`` (+ grids) into ``cfg.out``."""
+    from unif2ace.data.shards import atomic_write_text
+    from unif2ace.data.sources import SourceConfig, load_records
+    from unif2ace.eval.attribute_classifier import load_taxonomy
+    from unif2ace.eval.report import write_report
+
+    if not cfg.data or not cfg.out:
+        raise ValueError("EvalConfig: set data and out")
+    if generate_fn is None and answer_fn is None:
+        raise ValueError("evaluate: give generate_fn, answer_fn or both")
+    taxonomy = load_taxonomy(Path(cfg.data) / "attributes.json")
+    num_values = {c: len(v) for c, v in taxonomy.items()}
+    records = load_records(SourceConfig(root=cfg.data), split=cfg.split)
+    if not records:
+        raise ValueError(f"{cfg.data}: no faces in split {cfg.split!r}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    metrics: dict = {"info": {"checkpoint": cfg.checkpoint, "data": cfg.data, "split": cfg.split,
+                              "classifier": cfg.classifier,
+                              "date": _dt.datetime.now().isoformat(timespec="seconds")},
+                     "config": asdict(cfg)}
+    images: dict[str, str] = {}
+    if answer_fn is not None:
+        metrics["understanding"] = _understanding(cfg, records, answer_fn, num_values, out)
+        images["answers"] = "answers.png"
+    if generate_fn is not None:
+        metrics["generation"] = _generation(cfg, records, generate_fn, num_values, out, notes)
+        images["generation"] = "generation.png"
+    if cfg.classifier:
+        tm = Path(cfg.classifier) / "test_metrics.json"
+        if tm.exists():
+            t = json.loads(tm.read_text())["test"]
+            metrics["classifier"] = {"test_mean_accuracy": t["mean_accuracy"],
+                                     "per_category": {c: v["accuracy"] for c, v in t["per_category"].items()}}
+    metrics["notes"] = notes
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_report(out, metrics, images)
+    return metrics
+
+
+def answers_from_table(table: dict[tuple[str, str], str], default: str = "") -> AnswerFn:
+    """An ``answer_fn`` that looks answers up by (id, question): tests and replaying saved answers."""
+    def fn(ids: Sequence[str], questions: Sequence[str]) -> list[str]:
+        return [table.get((i, q), default) for i, q in zip(ids, questions)]
+    return fn
