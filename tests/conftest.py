@@ -7,3 +7,34 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """SynthFace (40 faces, 32 px) → random tiny MAGVIT + SentencePiece(512) → shards for the
+    `tiny` recipe, through the real precompute tool. Shared by every test that needs data."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import precompute_tokens
+
+    from unif2ace.data import synthface
+    from unif2ace.data.sources import SourceConfig, load_records, texts_for_tokenizer
+    from unif2ace.tokenizers.magvit import MagvitConfig, MagvitV2
+    from unif2ace.tokenizers.text import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("synthface")
+    synthface.write_dataset(root / "data", num=40, size=32, progress=False)
+    torch.manual_seed(0)
+    MagvitV2(MagvitConfig.tiny()).save_pretrained(root / "magvit")  # 32 px → 16 codes of 6 bits, like `tiny`
+    train_sentencepiece(texts_for_tokenizer(load_records(SourceConfig(root=str(root / "data")))),
+                        root / "spm.model", vocab_size=512)
+    rc = precompute_tokens.main(["--data", str(root / "data"), "--out", str(root / "shards"), "--image-tokenizer",
+                                 str(root / "magvit"), "--text-tokenizer", str(root / "spm.model"), "--recipe", "tiny",
+                                 "--workers", "1", "--no-progress", "--feature", "clip.model=UniF2ace-Tiny-CLIP",
+                                 "--feature", "clip.fallback=random-init", "--feature", "face.mode=aligned",
+                                 "--feature", "face.fallback=none"])
+    assert rc == 0
+    return root / "shards"

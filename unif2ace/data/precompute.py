@@ -130,7 +130,7 @@ def _entry(rec: Record, reason: str, action: str) -> dict:
     return {"path": rec.where, "id": rec.id, "reason": reason, "action": action}
 
 
-def _to_tensor(images, size: int):
+def images_to_tensor(images, size: int):
     import torch
 
     arr = np.stack([np.asarray(fit_square(im, size), dtype=np.uint8) for im in images])
@@ -140,7 +140,7 @@ def _to_tensor(images, size: int):
 def _encode_batch(models: _Models, cfg: PrecomputeConfig, recs: list[Record], images: list) -> tuple[np.ndarray, dict]:
     import torch
 
-    x = _to_tensor(images, cfg.image_size).to(models.device)
+    x = images_to_tensor(images, cfg.image_size).to(models.device)
     with torch.inference_mode():
         codes = models.image_tok.encode(x).cpu().numpy()
     feats = models.encoders.encode(images, [r.id for r in recs])
@@ -258,7 +258,8 @@ def _header(cfg: PrecomputeConfig, models: _Models, n_tokens: int, shapes: dict,
                 "encoders": models.encoders.config_hash()},
         num_shards=num_shards, image_size=cfg.image_size, caption_prompts=list(CAPTION_PROMPTS),
         image_tokenizer={"path": str(Path(cfg.image_tokenizer).absolute()), "config": models.image_tok.config.to_dict()},
-        text_tokenizer=tok.describe(), encoders=models.encoders.describe(), source=dataclasses.asdict(source),
+        text_tokenizer=tok.describe(), encoders=models.encoders.describe(),
+        feature_config=dataclasses.asdict(models.encoders.cfg), source=dataclasses.asdict(source),
         plan={"records_hash": records_hash, "num_records": num_records, "shard_size": cfg.shard_size,
               "split": cfg.split, "limit": cfg.limit, "image_size": cfg.image_size,
               "min_image_size": cfg.min_image_size, "require_caption": cfg.require_caption})
