@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unif2ace.train.trainer import main  # noqa: E402
+from unif2ace.train.trainer import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -261,6 +261,9 @@ class TrainConfig:
     """Device peak (dense bf16 TFLOP/s) for the MFU estimate; 0 = look the GPU up by name."""
     progress_bar: bool = True
     """Show a tqdm progress bar on rank 0 (metrics also go to train.out_dir/metrics.jsonl)."""
+    export_final: bool = True
+    """When train.steps is reached, also write train.out_dir/final: a model directory
+    (config.json + model.safetensors) gathered from the live engine, loadable without DeepSpeed."""
 
 
 @dataclass

@@ -128,6 +128,16 @@ def run_meta(cfg: Config, world_size: int) -> dict[str, Any]:
             "train": {k: getattr(cfg.train, k) for k in ("micro_batch", "grad_accum", "seed")}}
 
 
+def read_run_config(ckpt_dir: str | os.PathLike) -> Config:
+    """The full config that wrote a checkpoint (``run.json``), e.g. for tools/convert_checkpoint.py."""
+    from unif2ace.config import config_from_dict
+
+    path = Path(ckpt_dir) / RUN_META
+    if not path.exists():
+        raise CheckpointMismatch(f"{path}: missing (not a unif2ace training checkpoint, or an incomplete one)")
+    return config_from_dict(json.loads(path.read_text())["config"])
+
+
 def _meta_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -183,7 +193,8 @@ class CheckpointManager:
         torch.save(asdict(state), tmp / f"rank{self.rank:05d}.pt.tmp")
         os.replace(tmp / f"rank{self.rank:05d}.pt.tmp", tmp / f"rank{self.rank:05d}.pt")
         if self.rank == 0:
-            _atomic_write_text(tmp / RUN_META, json.dumps(run_meta(self.cfg, self.world_size), indent=1))
+            meta = {**run_meta(self.cfg, self.world_size), "config": self.cfg.to_dict()}
+            _atomic_write_text(tmp / RUN_META, json.dumps(meta, indent=1))
         faults.maybe_fail("crash_in_save", state.step, self.rank)
         dist.barrier()  # every rank's files are on disk
         if self.rank == 0:
@@ -208,6 +219,7 @@ class CheckpointManager:
         if not meta_path.exists():
             raise CheckpointMismatch(f"{meta_path}: missing (incomplete or foreign checkpoint)")
         have = json.loads(meta_path.read_text())
+        have.pop("config", None)
         want = json.loads(json.dumps(run_meta(self.cfg, self.world_size)))
         diffs = _meta_diff(have, want)
         if diffs:

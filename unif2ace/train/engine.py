@@ -15,7 +15,8 @@ Decisions, and why:
   says ``"auto"`` for them and a concrete value that disagrees is an error, so there is one source
   of truth. ``optimizer``/``scheduler`` sections are refused: we build them here.
 - torch AdamW with two groups. Norms and embeddings are found by *module type*, biases and other
-  vectors by dimensionality, so no name list can silently miss (Show-o's never matched Phi).
+  vectors by dimensionality (plus the MoE's stacked expert biases), so no list of parameter
+  names can silently miss (Show-o's never matched Phi's names).
 - bf16 on CUDA (fp32 master weights inside ZeRO), fp32 on CPU.
 - Every rank seeds the same generator before building, so a model built without ``zero.Init``
   is identical everywhere before ZeRO partitions it; under ``zero.Init`` the weights are gathered
@@ -167,20 +168,39 @@ NO_DECAY_MODULES: tuple[type, ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn
 """Module types none of whose parameters get weight decay."""
 
 
+def _module_no_decay(mod: nn.Module) -> set[str]:
+    """Names of ``mod``'s own parameters that are biases of a non-standard module: declared by
+    the module (timm's ``no_weight_decay()`` protocol) or, for the MoE's stacked experts, the
+    per-expert bias stacks (``ExpertStack.b1``/``b2``, 2-3 dims, so dimensionality misses them)."""
+    names: set[str] = set()
+    declared = getattr(mod, "no_weight_decay", None)
+    if callable(declared):
+        names |= set(declared())
+    try:
+        from unif2ace.model.moe.token_moe import ExpertStack
+    except ImportError:
+        return names
+    if isinstance(mod, ExpertStack):
+        names |= {"b1", "b2"}
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decay for matrices of compute layers; none for parameters of norm and
-    embedding modules (by type) and for every parameter with fewer than 2 dims or registered as a
-    bias (biases, gates, scales). Each group carries ``names`` for inspection."""
+    """Two AdamW groups: decay for the weight matrices of compute layers; no decay for every
+    parameter of a norm or embedding module (by type), every 0/1-dim parameter (biases, gates,
+    scales), parameters registered as ``bias``, and per-module declared biases (see
+    ``_module_no_decay``). Each group carries ``names`` for inspection."""
     decay, no_decay = [], []
     seen: set[int] = set()
     for mod_name, mod in model.named_modules():
+        own_no_decay = _module_no_decay(mod)
         for pname, p in mod.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
             full = f"{mod_name}.{pname}" if mod_name else pname
-            is_bias = pname == "bias" or pname.startswith("bias") or pname.endswith("_bias")
-            if isinstance(mod, NO_DECAY_MODULES) or is_bias or _logical_ndim(p) < 2:
+            if (isinstance(mod, NO_DECAY_MODULES) or pname == "bias" or pname in own_no_decay
+                    or _logical_ndim(p) < 2):
                 no_decay.append((full, p))
             else:
                 decay.append((full, p))
@@ -259,17 +279,19 @@ def load_init(cfg: Config) -> nn.Module:
 
 
 def build_model(cfg: Config, ds_config: dict) -> nn.Module:
-    """The model, initialised identically on every rank, weights checked finite.
+    """The model, identical on every rank: ``train.init_from`` weights, or ``init_weights()``
+    right after seeding ``train.seed`` (so a run does not depend on how the model was built).
 
     ``train.zero_init`` (ZeRO-3 only) builds under ``deepspeed.zero.Init`` so parameters are
-    partitioned as they are created, then gathers them for an explicit init by rank 0.
+    partitioned as they are created, then gathers them for the explicit init on rank 0 (the
+    init inside the constructor ran on empty placeholders there).
     """
     from unif2ace.model.unif2ace import UniF2ace
 
-    torch.manual_seed(cfg.train.seed)  # same init on every rank
+    torch.manual_seed(cfg.train.seed)
     if cfg.train.init_from:
-        model = load_init(cfg)
-    elif cfg.train.zero_init:
+        return load_init(cfg)
+    if cfg.train.zero_init:
         if zero_stage(ds_config) != 3:
             raise EngineError(f"train.zero_init=true needs ZeRO stage 3, the DeepSpeed config has stage "
                               f"{zero_stage(ds_config)}")
@@ -277,13 +299,14 @@ def build_model(cfg: Config, ds_config: dict) -> nn.Module:
 
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = UniF2ace(cfg.model)
-        # Parameters were partitioned module by module during __init__, so the model's own
-        # init_weights ran on empty placeholders: gather, init on rank 0, scatter back.
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
             if torch.distributed.get_rank() == 0:
+                torch.manual_seed(cfg.train.seed)
                 model.init_weights()
-    else:
-        model = UniF2ace(cfg.model)
+        return model
+    model = UniF2ace(cfg.model)
+    torch.manual_seed(cfg.train.seed)
+    model.init_weights()
     return model
 
 
@@ -345,3 +368,39 @@ def build_engine(model: nn.Module, train: TrainConfig, ds_config: dict):
 
 def model_dtype(ds_config: dict) -> torch.dtype:
     return torch.bfloat16 if ds_config.get("bf16", {}).get("enabled") else torch.float32
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """Collective. The whole model's weights on rank 0 (CPU tensors, the engine's compute dtype),
+    None elsewhere. Under ZeRO-3 each parameter is gathered in turn, so peak memory is the model
+    once on rank 0's CPU plus one parameter on every device."""
+    import deepspeed
+    import torch.distributed as dist
+
+    module = engine.module
+    rank0 = dist.get_rank() == 0
+    sd: dict[str, torch.Tensor] = {}
+    for name, p in module.named_parameters():
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None, enabled=hasattr(p, "ds_id")):
+            if rank0:
+                sd[name] = p.detach().to("cpu", copy=True)
+    if rank0:
+        for name, b in module.named_buffers():
+            if name in module.state_dict():  # persistent buffers only
+                sd[name] = b.detach().to("cpu", copy=True)
+    return sd if rank0 else None
+
+
+def export_model(engine, cfg: Config, out_dir: str | os.PathLike) -> Path | None:
+    """Collective. Write an HF-style model directory (unif2ace.checkpoint.hf_io) from the live
+    engine; returns the path on rank 0."""
+    import torch.distributed as dist
+
+    from unif2ace.checkpoint.hf_io import save_pretrained
+
+    sd = full_state_dict(engine)
+    out = None
+    if dist.get_rank() == 0:
+        out = save_pretrained(engine.module, cfg, out_dir, state_dict=sd)
+    dist.barrier()
+    return out

@@ -1,13 +1,13 @@
 """Observability of a training run: rank-reduced metrics, throughput, MFU, sinks.
 
-    meter = StepMeter(world_size)                    # every rank
-    meter.add_micro(metrics, stats, batch, wait_s)   # after each micro step
+    meter = StepMeter(world, device, flops_per_token, peak, cfg.loss)  # every rank
+    meter.add_micro(metrics, stats, batch, wait_s, counts, finite)   # after each micro step
     out = meter.reduce({"stop": flag})               # collective: one all_reduce + one all_gather
     sink = MetricsSink(cfg, rank, start_step)        # rank 0 writes; others no-op
     sink.log(step, {**out["row"], "lr": lr, "grad_norm": gn})
 
 Per step the row holds: ``loss`` and the per-task parts (``l_mmu``, ``l_mask``, ``l_score``,
-``l_d3diff``) averaged over the ranks that had rows of that task, every balance loss
+``l_d3diff``) as means over every row of that task in the global batch, every balance loss
 (``loss_*``), routing statistics (``L{i}/…``, averaged over ranks), the mean applied mask ratio
 of T2I rows, ``grad_norm``, ``lr``, per-rank ``tokens_per_s`` / ``samples_per_s`` /
 ``data_wait_s`` (``rank{r}/…``), and on GPU an ``mfu`` estimate.
@@ -28,10 +28,8 @@ from typing import Any
 
 import torch
 
-from unif2ace.config import Config, ModelConfig
+from unif2ace.config import Config, LossConfig, ModelConfig
 from unif2ace.tokens import TASK_T2I
-
-LOSS_KEYS = ("loss", "l_mmu", "l_mask", "l_score", "l_d3diff")
 
 PEAK_TFLOPS = {  # dense bf16 (no sparsity), by substring of torch.cuda.get_device_name()
     "H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0,
@@ -81,71 +79,97 @@ def device_peak_flops(override_tflops: float = 0.0) -> float | None:
 
 
 class StepMeter:
-    """Accumulates one optimiser step's micro steps on this rank, then reduces over ranks."""
+    """Accumulates one optimiser step's micro steps on this rank, then reduces over ranks.
 
-    def __init__(self, world_size: int, device: torch.device, flops_per_token: float, peak_flops: float | None):
+    Per-task losses are weighted by the rows of that task, so the logged value is the mean over
+    every row of the global batch (the quantity the gradient follows, see trainer.task_weights).
+    """
+
+    T2I_KEYS = ("l_mask", "l_score", "l_d3diff")
+
+    def __init__(self, world_size: int, device: torch.device, flops_per_token: float, peak_flops: float | None,
+                 loss_cfg: LossConfig):
         self.world_size = world_size
         self.device = device
         self.flops_per_token = flops_per_token
         self.peak = peak_flops
+        self.loss_cfg = loss_cfg
         self._aux_keys: list[str] | None = None
         self._stat_keys: list[str] | None = None
         self.reset()
 
     def reset(self) -> None:
         self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
         self.stats: dict[str, torch.Tensor] = {}
         self.stats_n = 0
+        self.nonfinite = 0
         self.samples = 0
         self.tokens = 0
         self.wait = 0.0
         self.t0 = time.perf_counter()
 
+    def _add(self, key: str, value: float, weight: float) -> None:
+        if weight:
+            self.sums[key] = self.sums.get(key, 0.0) + value * weight
+            self.weights[key] = self.weights.get(key, 0.0) + weight
+
     def add_micro(self, metrics: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
-                  batch: dict[str, torch.Tensor], wait_s: float) -> None:
+                  batch: dict[str, torch.Tensor], wait_s: float, counts: torch.Tensor, finite: bool) -> None:
+        """``counts``: rows of (T2I, MMU) in this micro batch; ``finite``: the loss was finite."""
+        n_t2i, n_mmu = float(counts[0]), float(counts[1])
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-            self.counts[k] = self.counts.get(k, 0.0) + 1.0
+            if k in self.T2I_KEYS:
+                self._add(k, float(v), n_t2i)
+            elif k == "l_mmu":
+                self._add(k, float(v), n_mmu)
+            elif k.startswith("loss_"):
+                self._add(k, float(v), 1.0)
         t2i = batch["task"] == TASK_T2I
-        if "mask_ratio" in batch and bool(t2i.any()):
-            self.sums["mask_ratio"] = self.sums.get("mask_ratio", 0.0) + float(batch["mask_ratio"][t2i].float().mean())
-            self.counts["mask_ratio"] = self.counts.get("mask_ratio", 0.0) + 1.0
+        if "mask_ratio" in batch and n_t2i:
+            self._add("mask_ratio", float(batch["mask_ratio"][t2i].float().mean()), n_t2i)
         for k, v in stats.items():
             v = v.detach().float().reshape(-1).cpu()
             self.stats[k] = self.stats[k] + v if k in self.stats else v
         self.stats_n += 1
+        self.nonfinite += int(not finite)
         self.samples += int(batch["input_ids"].shape[0])
         self.tokens += int(batch["input_ids"].numel())
         self.wait += wait_s
 
     def reduce(self, extra_flags: dict[str, float]) -> dict[str, Any]:
-        """Collective. Means over ranks (per key over the ranks that saw it), per-rank
-        throughput, and the *sum* over ranks of each flag in ``extra_flags`` (e.g. stop request)."""
+        """Collective: ``{"row": metrics, "flags": {name: sum over ranks}}``. Losses are row-weighted
+        means over ranks, stats plain means, throughput per rank (gathered, so stragglers show)."""
         import torch.distributed as dist
 
         if self._aux_keys is None:  # fixed key order, identical on every rank
             self._aux_keys = sorted(k for k in self.sums if k.startswith("loss_"))
             self._stat_keys = sorted(self.stats)
-        keys = list(LOSS_KEYS) + ["mask_ratio"] + self._aux_keys
-        vals = []
+        keys = ["l_mmu", *self.T2I_KEYS, "mask_ratio", *self._aux_keys]
+        vals: list[float] = []
         for k in keys:
-            n = self.counts.get(k, 0.0)
-            vals += [self.sums.get(k, 0.0) / n if n else 0.0, 1.0 if n else 0.0]
+            vals += [self.sums.get(k, 0.0), self.weights.get(k, 0.0)]
+        flags = {"_nonfinite": float(self.nonfinite), **extra_flags}
         stat_vecs = [self.stats.get(k, torch.zeros(1)) / max(self.stats_n, 1) for k in self._stat_keys]
-        flat = torch.tensor(vals + list(extra_flags.values()), dtype=torch.float64)
+        flat = torch.tensor(vals + list(flags.values()), dtype=torch.float64)
         stat_flat = torch.cat(stat_vecs).double() if stat_vecs else torch.zeros(0, dtype=torch.float64)
         packed = torch.cat([flat, stat_flat]).to(self.device)
-        dist.all_reduce(packed)
+        if self.world_size > 1:
+            dist.all_reduce(packed)
         packed = packed.cpu()
         row: dict[str, Any] = {}
         for i, k in enumerate(keys):
-            s, n = float(packed[2 * i]), float(packed[2 * i + 1])
-            if n:
-                row[k] = s / n
+            s, w = float(packed[2 * i]), float(packed[2 * i + 1])
+            if w:
+                row[k] = s / w
         off = 2 * len(keys)
-        flags = {k: float(packed[off + i]) for i, k in enumerate(extra_flags)}
-        off += len(extra_flags)
+        summed = {k: float(packed[off + i]) for i, k in enumerate(flags)}
+        off += len(flags)
+        c = self.loss_cfg
+        row["loss"] = (c.t2i_coef * row.get("l_d3diff", 0.0) + c.mmu_coef * row.get("l_mmu", 0.0)
+                       + sum(row.get(k, 0.0) for k in self._aux_keys))
+        if summed.pop("_nonfinite"):
+            row["loss"] = math.nan
         for k, v in zip(self._stat_keys, stat_vecs):
             seg = packed[off: off + v.numel()] / self.world_size
             off += v.numel()
@@ -154,22 +178,25 @@ class StepMeter:
             else:
                 for j, x in enumerate(seg.tolist()):
                     row[f"{k}/{j}"] = x
-        # per-rank throughput: gathered, since "per rank" is the point (stragglers show up)
         dt = time.perf_counter() - self.t0
         mine = torch.tensor([self.tokens / dt, self.samples / dt, self.wait], dtype=torch.float64, device=self.device)
         every = [torch.zeros_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(every, mine)
+        if self.world_size > 1:
+            dist.all_gather(every, mine)
+        else:
+            every = [mine]
         for r, t in enumerate(every):
             tok, smp, wait = t.tolist()
             row[f"rank{r}/tokens_per_s"] = tok
             row[f"rank{r}/samples_per_s"] = smp
             row[f"rank{r}/data_wait_s"] = wait
         row["tokens_per_s"] = self.tokens / dt * self.world_size
+        row["samples_per_s"] = self.samples / dt * self.world_size
         row["step_time_s"] = dt
         if self.peak:
             row["mfu"] = self.tokens / dt * self.flops_per_token / self.peak
         self.reset()
-        return {"row": row, "flags": flags}
+        return {"row": row, "flags": summed}
 
 
 # --------------------------------------------------------------------------- sinks

@@ -26,14 +26,16 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
 from unif2ace.config import Config, ConfigError, describe, load_config
+from unif2ace.data.shards import ShardError
 from unif2ace.losses import total_loss
-from unif2ace.tokens import TokenLayout
+from unif2ace.tokens import TASK_MMU, TASK_T2I, TokenLayout
 from unif2ace.train import engine as E
 from unif2ace.train import faults
 from unif2ace.train.checkpointing import CheckpointManager, CheckpointMismatch, RankState, seed_all
@@ -59,8 +61,11 @@ class StopRequest:
         self.signum: int | None = None
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def uninstall(self) -> None:
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
@@ -76,14 +81,31 @@ def _setup_logging(rank: int) -> None:
 
 
 def make_loader(cfg: Config, rank: int, world_size: int) -> Iterator[dict]:
-    """The precomputed-shard loader (unif2ace/data/loader.py)."""
-    shards = Path(cfg.data.shards)
-    if not shards.is_dir():
-        raise FileNotFoundError(f"data.shards={shards}: no such directory; build shards with "
-                                f"tools/make_synthface.py and tools/precompute_tokens.py")
+    """The precomputed-shard loader (unif2ace/data/loader.py); it checks the shards against the
+    model config and raises ShardError naming the directory and every mismatch."""
     from unif2ace.data.loader import ShardLoader
 
-    return ShardLoader(cfg.data, cfg.model, rank, world_size, cfg.train.micro_batch)
+    return ShardLoader(cfg.data, cfg.model, rank, world_size, cfg.train.micro_batch, loss_cfg=cfg.loss)
+
+
+def task_weights(task: torch.Tensor, world: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collective. Rows per task on this rank, and the factor that turns this rank's per-task
+    mean loss into its share of the *global* per-task mean: ``n_local · world / n_global``.
+
+    DeepSpeed averages gradients over ranks, so with these factors the gradient equals that of
+    the per-task mean over every row of the global batch, however rows of a task are spread over
+    ranks (the loader balances tasks per batch, not per rank). One process with batch 2B and two
+    with batch B then train identically (tested).
+    """
+    import torch.distributed as dist
+
+    local = torch.stack([(task == TASK_T2I).sum(), (task == TASK_MMU).sum()]).to(torch.float64).cpu()
+    glob = local.clone().to(device)
+    if world > 1:
+        dist.all_reduce(glob)
+    glob = glob.cpu()
+    w = torch.where(glob > 0, local * world / glob.clamp_min(1), torch.zeros_like(local))
+    return local, w
 
 
 def _to_device(x, device: torch.device):
@@ -108,25 +130,24 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
     _setup_logging(dist.rank)
     rank, world = dist.rank, dist.world_size
     ds = E.load_ds_config(ds_config, cfg.train, world)
+    loader = (loader_factory or make_loader)(cfg, rank, world)  # bad shards fail before the model is built
     model = E.build_model(cfg, ds)
     engine = E.build_engine(model, cfg.train, ds)
     engine.train()
     seed_all(cfg.train.seed * 100_003 + rank)  # dropout etc. differ per rank, reproducibly
-    loader = (loader_factory or make_loader)(cfg, rank, world)
     layout = TokenLayout.from_model_config(cfg.model)
     ckpt = CheckpointManager(Path(cfg.train.out_dir) / "checkpoints", cfg, world, rank, cfg.train.keep_last)
 
     step = 0
-    counters = {"bad_total": 0, "bad_streak": 0, "samples": 0, "tokens": 0}
+    counters = {"bad_total": 0, "bad_streak": 0, "samples": 0}
     state = ckpt.load(engine) if cfg.train.resume else None
     if state is not None:
         step = state.step
         counters.update(state.counters)
         loader.load_state_dict(state.loader)
     stop = StopRequest()
-    stop.install()
     meter = StepMeter(world, dist.device, train_flops_per_token(engine.module, cfg.model),
-                      device_peak_flops(cfg.train.peak_tflops) if dist.device.type == "cuda" else None)
+                      device_peak_flops(cfg.train.peak_tflops) if dist.device.type == "cuda" else None, cfg.loss)
     sink = MetricsSink(cfg, rank, step)
     sink.event(event="start", step=step, resumed=state is not None, world_size=world, zero_stage=E.zero_stage(ds),
                dtype=str(E.model_dtype(ds)))
@@ -135,6 +156,7 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
                                                                 for p in engine.module.parameters()) / 1e6)
     last_saved = step if state is not None else -1
     try:
+        stop.install()
         while step < cfg.train.steps:
             faults.maybe_fail("crash", step + 1, rank)
             faults.maybe_fail("hang", step + 1, rank)
@@ -146,13 +168,16 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
                 wait = time.perf_counter() - t0
                 batch = _to_device(batch, dist.device)
                 out = engine(batch["input_ids"], batch["task"], features=batch.get("features"))
-                loss, metrics = total_loss(out, batch, layout, cfg.loss)
+                counts, w = task_weights(batch["task"], world, dist.device)
+                loss_cfg = replace(cfg.loss, t2i_coef=cfg.loss.t2i_coef * float(w[0]),
+                                   mmu_coef=cfg.loss.mmu_coef * float(w[1]))
+                loss, metrics = total_loss(out, batch, layout, loss_cfg)
                 if faults.active("nan", step + 1, rank):
                     loss = loss * float("nan")
-                    metrics["loss"] = loss.detach()
+                finite = bool(torch.isfinite(loss.detach()))
                 engine.backward(loss)
                 engine.step()
-                meter.add_micro(metrics, out.stats, batch, wait)
+                meter.add_micro(metrics, out.stats, batch, wait, counts, finite)
             step += 1
             reduced = meter.reduce({"stop": float(stop.requested)})
             row = reduced["row"]
@@ -186,7 +211,13 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
                 return EXIT_OK
         if last_saved != step:  # train.steps reached before this run did anything
             ckpt.save(engine, RankState(step, loader.state_dict(), dict(counters)))
+        if cfg.train.export_final:
+            final = E.export_model(engine, cfg, Path(cfg.train.out_dir) / "final")
+            sink.event(event="export", step=step, path=str(final))
         sink.event(event="done", step=step)
+        import torch.distributed as tdist
+
+        tdist.barrier()  # no rank leaves while a peer still talks
         log.info("done: %d steps, %d non-finite steps skipped; checkpoints in %s (tools/convert_checkpoint.py makes "
                  "a model directory)", step, counters["bad_total"], ckpt.root)
         return EXIT_OK
@@ -204,6 +235,7 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
         log.error("rank %d failed at step %d: %s: %s%s", rank, step + 1, type(e).__name__, e, hint)
         raise
     finally:
+        stop.uninstall()
         sink.close()
 
 
@@ -224,17 +256,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _finish(code: int) -> int:
-    """Exit status for the launcher. After a failure in a multi-process run we leave with
-    ``os._exit``: interpreter teardown would otherwise wait on collectives with a dead peer."""
-    import torch.distributed as dist
-
-    if code != EXIT_OK and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+def _finish(code: int):
+    """Leave the process now with ``code``, skipping interpreter teardown: after a failure in a
+    multi-process run it would wait on collectives with a dead peer, and after success it only
+    costs seconds per rank (freeing torch / transformers modules). Everything we write is
+    closed and flushed by then."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,13 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     try:
         cfg = load_config(args.config, args.overrides)
-        return _finish(run(cfg, args.ds_config))
-    except (ConfigError, E.EngineError, CheckpointMismatch, FileNotFoundError) as e:
+        return run(cfg, args.ds_config)
+    except (ConfigError, E.EngineError, CheckpointMismatch, FileNotFoundError, ShardError) as e:
         logging.getLogger("unif2ace.train").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
-        return _finish(EXIT_CONFIG)
+        return EXIT_CONFIG
     except Exception:
         import traceback
 
         traceback.print_exc()
-        return _finish(EXIT_ERROR)
+        return EXIT_ERROR
+
+
+def cli() -> None:
+    """Entry point of launchers/train.py: ``main()``, then leave without interpreter teardown."""
+    _finish(main())

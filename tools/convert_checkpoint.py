@@ -1,0 +1,74 @@
+"""Turn a DeepSpeed (ZeRO-1/2/3) training checkpoint into our model directory, and back.
+
+    # training checkpoint -> model directory (config.json + model.safetensors, fp32)
+    python tools/convert_checkpoint.py runs/synthface/train/checkpoints --out runs/synthface/model
+    python tools/convert_checkpoint.py runs/x/checkpoints --tag step00000300 --out runs/x/model-300
+
+    # and back: the model directory initialises a new training run (weights only; the optimiser
+    # and schedule start fresh, any world size, any ZeRO stage)
+    deepspeed launchers/train.py --config synthface train.init_from=runs/synthface/model \
+        train.out_dir=runs/synthface/finetune
+
+The directory loads without DeepSpeed (``unif2ace.checkpoint.hf_io.load_pretrained``), e.g.
+for sampling. ZeRO partitions of every rank are merged with DeepSpeed's own ``zero_to_fp32``
+utilities from the fp32 master weights, so no precision is lost; the config comes from the
+checkpoint's ``run.json`` (written by unif2ace/train/checkpointing.py). Runs on CPU, needs no
+process group. Exit status 0 on success, 2 with a message naming the file otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is CPU work; never grab a GPU
+
+
+def convert(ckpt_root: str | os.PathLike, out: str | os.PathLike, tag: str | None = None) -> Path:
+    """Merge the ZeRO checkpoint ``ckpt_root/tag`` (default: ``latest``) into a model directory."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from unif2ace.checkpoint.hf_io import check_state_dict, save_pretrained
+    from unif2ace.model.unif2ace import UniF2ace
+    from unif2ace.train.checkpointing import LATEST, CheckpointMismatch, read_run_config
+
+    root = Path(ckpt_root)
+    if tag is None:
+        latest = root / LATEST
+        if not latest.exists():
+            raise CheckpointMismatch(f"{root}: no '{LATEST}' file (not a checkpoint directory? pass --tag)")
+        tag = latest.read_text().strip()
+    if not (root / tag).is_dir():
+        raise CheckpointMismatch(f"{root / tag}: no such checkpoint")
+    cfg = read_run_config(root / tag)
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    sd = {k: v.float().contiguous() for k, v in sd.items()}
+    model = UniF2ace(cfg.model)
+    check_state_dict(model, sd, str(root / tag))  # strict: names every missing / extra / mis-shaped key
+    return save_pretrained(model, cfg, out, state_dict=model.state_dict())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", help="train.out_dir/checkpoints (holds 'latest' and stepNNNNNNNN/)")
+    ap.add_argument("--out", required=True, help="model directory to write (atomically)")
+    ap.add_argument("--tag", default=None, help="checkpoint to convert, e.g. step00000300 (default: latest)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from unif2ace.checkpoint.hf_io import CheckpointError
+    from unif2ace.train.checkpointing import CheckpointMismatch
+
+    try:
+        out = convert(args.checkpoints, args.out, args.tag)
+    except (CheckpointError, CheckpointMismatch, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (load with unif2ace.checkpoint.hf_io.load_pretrained, or train.init_from={out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
