@@ -66,6 +66,9 @@ class TokenMoEConfig:
     """Router z-loss weight (0 disables)."""
     backend: Literal["auto", "torch", "megablocks"] = "auto"
     """Compute backend: megablocks on CUDA when importable, else torch (auto)."""
+    torch_impl: Literal["auto", "grouped", "blocked"] = "auto"
+    """torch backend: grouped = torch._grouped_mm (per-expert matmul loop where it cannot run);
+    blocked = one fused pass per expert (faster on CPU); auto = blocked on CPU, grouped elsewhere."""
     upcycle: Literal["split", "copy", "none"] = "split"
     """How experts are initialised from an imported dense MLP: split = the dense FFN cut into
     expert_ffn-wide slices (exact when (num_shared+num_routed)·expert_ffn = intermediate_size),

@@ -1,18 +1,22 @@
-"""Dropless MoE compute as pure functions: sort assignments by expert, grouped matmul, unsort.
+"""Dropless MoE compute as pure functions: sort assignments by expert, expert MLPs, unsort.
 
     from unif2ace.model.moe import dropless
-    plan = dropless.make_plan(expert_ids, num_experts)     # expert_ids (T, k) → sort plan
-    y = dropless.expert_mlp(dropless.gather_tokens(x, plan), plan, w1, w2, act, b1, b2)
-    out = dropless.combine(y, gates, plan)                 # (T, D) = Σ_j gate_j · expert_j(x)
+    out, counts = dropless.dropless_moe(x, expert_ids, gates, w1, w2, act, b1, b2)
+    # x (T, D), expert_ids / gates (T, k) → out (T, D) = Σ_j gates[:, j] · expert_{ids[:, j]}(x)
 
 No capacity, no padding, no dropped tokens: the T·k (token, expert) pairs are sorted by
-expert and every pair is computed exactly once. Weights are stacked per expert as
-``w1`` (E, F, D) (each slice an ``nn.Linear`` weight, = MegaBlocks' GroupedMLP ``w1``) and
-``w2`` (E, F, D) (= MegaBlocks' ``w2``), so the same tensors feed either backend.
+expert (``make_plan``) and every pair is computed exactly once. Weights are stacked per
+expert as ``w1`` (E, F, D) (each slice an ``nn.Linear`` weight, = MegaBlocks' GroupedMLP
+``w1``) and ``w2`` (E, F, D) (= MegaBlocks' ``w2``), so the same tensors feed every backend.
 
-The matmul uses ``torch._grouped_mm`` where the device/dtype/alignment allows it (float32 /
-bfloat16 / float16, row strides multiple of 16 bytes; probed once per device type and dtype)
-and a per-expert loop over contiguous slices otherwise (float64, odd widths).
+Two implementations (``impl``):
+  grouped  ``torch._grouped_mm`` where the device/dtype/alignment allows it (float32 / bfloat16 /
+           float16, row strides multiple of 16 bytes; probed once per device type, dtype and
+           weight layout), a per-expert loop of matmuls otherwise (float64, odd widths); bias,
+           activation and gate as whole-tensor ops. The default on GPUs.
+  blocked  ``blocked.py``: one fused pass per expert (gather, fc1, activation, gate, fc2,
+           scatter-add, and their gradients on cache-resident slices). The default on CPU,
+           where ``_grouped_mm`` is itself a per-expert loop and large temporaries are costly.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from unif2ace.model.moe.blocked import blocked_moe
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _probe_cache: dict[tuple[str, torch.dtype, bool], bool] = {}
@@ -151,6 +157,31 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, plan: RoutePlan, use_grouped: b
     return torch.cat([p @ w[e] for e, p in enumerate(parts)], 0)
 
 
+class _SegmentBias(torch.autograd.Function):
+    """h (A, N) + b[e] on expert e's contiguous rows, in place; the bias gradient is a per-segment
+    row sum. Avoids materialising b[expert] (A, N) and index_add's scatter in backward."""
+
+    @staticmethod
+    def forward(ctx, h, b, counts):
+        ctx.counts = counts
+        for seg, bias in zip(h.split(counts), b):
+            seg.add_(bias)
+        ctx.mark_dirty(h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        gb = torch.stack([seg.sum(0) for seg in g.split(ctx.counts)])
+        return g, gb, None
+
+
+def add_expert_bias(h: torch.Tensor, b: torch.Tensor, plan: RoutePlan) -> torch.Tensor:
+    """Sorted rows (A, N) + their expert's bias b (E, N)."""
+    if h.device.type == "cpu":
+        return _SegmentBias.apply(h, b, plan.counts.tolist())
+    return h + b.index_select(0, plan.expert)  # on GPU the gather is cheap and needs no host sync
+
+
 def expert_mlp(xs: torch.Tensor, plan: RoutePlan, w1: torch.Tensor, w2: torch.Tensor,
                act: Callable[[torch.Tensor], torch.Tensor], b1: torch.Tensor | None = None,
                b2: torch.Tensor | None = None, use_grouped: bool | None = None) -> torch.Tensor:
@@ -159,18 +190,32 @@ def expert_mlp(xs: torch.Tensor, plan: RoutePlan, w1: torch.Tensor, w2: torch.Te
     ``w1`` (E, F, D), ``w2`` (E, F, D), ``b1`` (E, F), ``b2`` (E, D)."""
     h = grouped_mm(xs, w1.transpose(1, 2), plan, use_grouped)
     if b1 is not None:
-        h = h + b1.index_select(0, plan.expert)
+        h = add_expert_bias(h, b1, plan)
     h = act(h)
     y = grouped_mm(h, w2, plan, use_grouped)
     if b2 is not None:
-        y = y + b2.index_select(0, plan.expert)
+        y = add_expert_bias(y, b2, plan)
     return y
+
+
+def default_impl(x: torch.Tensor) -> str:
+    return "blocked" if x.device.type == "cpu" else "grouped"
 
 
 def dropless_moe(x: torch.Tensor, expert_ids: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor,
                  w2: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor], b1: torch.Tensor | None = None,
-                 b2: torch.Tensor | None = None, use_grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (T, D), expert_ids (T, k), gates (T, k) → (out (T, D), rows per expert (E,))."""
+                 b2: torch.Tensor | None = None, impl: str | None = None,
+                 use_grouped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (T, D), expert_ids (T, k), gates (T, k) → (out (T, D), rows per expert (E,)).
+
+    ``impl``: 'blocked' | 'grouped' | None (blocked on CPU, grouped elsewhere); ``use_grouped``
+    (grouped only): None = torch._grouped_mm when allowed, False = the per-expert matmul loop."""
     plan = make_plan(expert_ids, w1.shape[0])
+    impl = impl or default_impl(x)
+    if impl == "blocked":
+        gs = gates.reshape(-1).index_select(0, plan.order)
+        return blocked_moe(x, plan.token, gs, plan.counts.tolist(), w1, w2, act, b1, b2), plan.counts
+    if impl != "grouped":
+        raise ValueError(f"dropless_moe: unknown impl {impl!r} (blocked, grouped)")
     y = expert_mlp(gather_tokens(x, plan), plan, w1, w2, act, b1, b2, use_grouped)
     return combine(y, gates, plan), plan.counts

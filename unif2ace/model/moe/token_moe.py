@@ -12,7 +12,8 @@ always-on experts and ``num_routed`` experts behind its own softmax top-k router
 
 Shared and routed experts of both groups are one stacked set of G·(S+E) experts
 (``experts.w1``/``experts.w2`` of shape (2, S+E, F, D)): a token's S shared experts are
-assignments with gate 1, so one dropless pass (sort by expert, grouped matmul) computes
+assignments with gate 1, so one dropless pass (``dropless.py``: sort by expert, then
+``torch._grouped_mm`` — or, on CPU, a fused per-expert pass, ``blocked.py``) computes
 everything. The routed slice ``[g, S:]`` viewed as (E·F, D) is exactly MegaBlocks'
 GroupedMLP layout, so checkpoints move between the ``torch`` and ``megablocks`` backends.
 
@@ -35,6 +36,7 @@ from transformers.activations import ACT2FN
 
 from unif2ace.config import TokenMoEConfig
 from unif2ace.model.moe import dropless
+from unif2ace.model.moe.blocked import TanhGELU
 from unif2ace.model.moe.megablocks_backend import MegablocksExperts, megablocks_unavailable_reason
 from unif2ace.tokens import TASK_MMU, TASK_T2I
 
@@ -49,6 +51,13 @@ def _log_once(msg: str) -> None:
     if msg not in _logged:
         _logged.add(msg)
         log.warning(msg)
+
+
+def activation(name: str) -> nn.Module:
+    """ACT2FN[name], except Phi's gelu_new (and gelu_pytorch_tanh): the same function
+    (tanh-approximate GELU) as one fused kernel with a closed-form derivative (``TanhGELU``)
+    instead of five elementwise ops."""
+    return TanhGELU() if name in ("gelu_new", "gelu_pytorch_tanh") else ACT2FN[name]
 
 
 def task_to_group(task: torch.Tensor) -> torch.Tensor:
@@ -86,7 +95,7 @@ class GroupedTokenMoE(nn.Module):
         self.router = nn.Parameter(torch.empty(len(GROUPS), cfg.num_routed, hidden))
         """Router weights (G, E, D): group g's logits are x · router[g]ᵀ (nn.Linear, no bias)."""
         self.experts = ExpertStack(len(GROUPS), self.per_group, hidden, cfg.expert_ffn, cfg.expert_bias)
-        self.act = ACT2FN[cfg.activation]
+        self.act = activation(cfg.activation)
         self.backend: str | None = None
         """Resolved at the first forward (auto depends on the input's device)."""
         self._mb: MegablocksExperts | None = None
@@ -146,7 +155,8 @@ class GroupedTokenMoE(nn.Module):
             return mb(x, ids, gates, w1, w2)
         b1 = ex.b1.view(n, -1) if ex.b1 is not None else None
         b2 = ex.b2.view(n, -1) if ex.b2 is not None else None
-        return dropless.dropless_moe(x, ids, gates, w1, w2, self.act, b1, b2)
+        impl = None if self.cfg.torch_impl == "auto" else self.cfg.torch_impl
+        return dropless.dropless_moe(x, ids, gates, w1, w2, self.act, b1, b2, impl=impl)
 
     # ------------------------------------------------------------------ forward
 
