@@ -1,7 +1,7 @@
 """Two-process training on CPU (DeepSpeed ZeRO-3, gloo) from real SynthFace shards.
 
-One module fixture renders SynthFace, trains nothing but a random tiny MAGVIT + SentencePiece
-model and precomputes shards through tools/precompute_tokens.py; one reference run (the
+The session fixture ``tiny_shards`` renders SynthFace and precomputes shards with a random tiny
+MAGVIT + SentencePiece through tools/precompute_tokens.py; one reference run (the
 documented ``deepspeed launchers/train.py`` command, 2 ranks) serves several tests. Every run
 is a subprocess with a timeout; per-step metrics come from train.out_dir/metrics.jsonl, whose
 floats round-trip exactly.
@@ -84,28 +84,9 @@ def _losses(out):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthface")
-    sys.path.insert(0, str(ROOT / "tools"))
-    import precompute_tokens
-
-    from unif2ace.data import synthface
-    from unif2ace.data.sources import SourceConfig, load_records, texts_for_tokenizer
-    from unif2ace.tokenizers.magvit import MagvitConfig, MagvitV2
-    from unif2ace.tokenizers.text import train_sentencepiece
-
-    synthface.write_dataset(root / "data", num=40, size=32, progress=False)
-    torch.manual_seed(0)
-    MagvitV2(MagvitConfig.tiny()).save_pretrained(root / "magvit")  # 32 px → 16 codes of 6 bits, like `tiny`
-    train_sentencepiece(texts_for_tokenizer(load_records(SourceConfig(root=str(root / "data")))),
-                        root / "spm.model", vocab_size=512)
-    rc = precompute_tokens.main(["--data", str(root / "data"), "--out", str(root / "shards"), "--image-tokenizer",
-                                 str(root / "magvit"), "--text-tokenizer", str(root / "spm.model"), "--recipe", "tiny",
-                                 "--workers", "1", "--no-progress", "--feature", "clip.model=UniF2ace-Tiny-CLIP",
-                                 "--feature", "clip.fallback=random-init", "--feature", "face.mode=aligned",
-                                 "--feature", "face.fallback=none"])
-    assert rc == 0
-    return root / "shards"
+def shards(tiny_shards):
+    """SynthFace → random tiny MAGVIT + SentencePiece → shards (tests/conftest.py, session-wide)."""
+    return tiny_shards
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +125,10 @@ def test_one_rank_batch_2b_matches_two_ranks_batch_b(shards, reference, tmp_path
 
 
 def test_kill9_then_resume_continues_bitwise_identically(shards, reference, tmp_path):
+    """Also samples every 4 steps (the reference does not): sampling must not perturb training."""
     kill_at = random.Random().randint(SAVE_EVERY + 1, STEPS - 4)
-    cmd = _torchrun(*_overrides(shards, tmp_path, "train.micro_batch=2", "train.export_final=false"))
+    cmd = _torchrun(*_overrides(shards, tmp_path, "train.micro_batch=2", "train.export_final=false",
+                                "train.sample_every=4", "sample.steps=2", "sample.max_new_tokens=4"))
     p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     try:
@@ -185,6 +168,10 @@ def test_kill9_then_resume_continues_bitwise_identically(shards, reference, tmp_
         assert v == ref[s], (s, v, ref[s], f"killed at step ≥{kill_at}, resumed from {resumed_from}")
     for s, v in killed.items():  # and the killed run itself matched the reference
         assert v == ref[s], s
+    samples = tmp_path / "samples"
+    assert (samples / "step00000016.png").is_file() and (samples / "step00000004.png").is_file()
+    vqa = [json.loads(x) for x in (samples / "vqa.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in vqa} >= {4, 16} and all(r["question"] and "answer" in r for r in vqa)
 
 
 def test_sigterm_through_slurm_launch_line_checkpoints_and_exits_0(shards, tmp_path):

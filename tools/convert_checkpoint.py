@@ -29,26 +29,15 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is CPU work; nev
 
 def convert(ckpt_root: str | os.PathLike, out: str | os.PathLike, tag: str | None = None) -> Path:
     """Merge the ZeRO checkpoint ``ckpt_root/tag`` (default: ``latest``) into a model directory."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from unif2ace.checkpoint.hf_io import check_state_dict, save_pretrained
-    from unif2ace.model.unif2ace import UniF2ace
-    from unif2ace.train.checkpointing import LATEST, CheckpointMismatch, read_run_config
+    from unif2ace.checkpoint.hf_io import save_pretrained
+    from unif2ace.checkpoint.load import load_zero
+    from unif2ace.train.checkpointing import LATEST, CheckpointMismatch
 
     root = Path(ckpt_root)
-    if tag is None:
-        latest = root / LATEST
-        if not latest.exists():
-            raise CheckpointMismatch(f"{root}: no '{LATEST}' file (not a checkpoint directory? pass --tag)")
-        tag = latest.read_text().strip()
-    if not (root / tag).is_dir():
-        raise CheckpointMismatch(f"{root / tag}: no such checkpoint")
-    cfg = read_run_config(root / tag)
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    sd = {k: v.float().contiguous() for k, v in sd.items()}
-    model = UniF2ace(cfg.model)
-    check_state_dict(model, sd, str(root / tag))  # strict: names every missing / extra / mis-shaped key
-    return save_pretrained(model, cfg, out, state_dict=model.state_dict())
+    if tag is None and not (root / LATEST).exists():
+        raise CheckpointMismatch(f"{root}: no '{LATEST}' file (not a checkpoint directory? pass --tag)")
+    model, cfg = load_zero(root, tag)  # strict: names every missing / extra / mis-shaped key
+    return save_pretrained(model, cfg, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,6 +146,11 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
         counters.update(state.counters)
         loader.load_state_dict(state.loader)
     stop = StopRequest()
+    sampler = None
+    if cfg.train.sample_every and loader_factory is None:
+        from unif2ace.train.samples import PeriodicSampler
+
+        sampler = PeriodicSampler(cfg, rank)
     meter = StepMeter(world, dist.device, train_flops_per_token(engine.module, cfg.model),
                       device_peak_flops(cfg.train.peak_tflops) if dist.device.type == "cuda" else None, cfg.loss)
     sink = MetricsSink(cfg, rank, step)
@@ -200,6 +205,10 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
                         f"skipped, so the weights are those after step {first - 1}; latest checkpoint: "
                         f"{ckpt.latest_tag() or 'none'} in {ckpt.root}. Lower train.lr or check the data.")
             stop_now = reduced["flags"]["stop"] > 0
+            if sampler is not None and step % cfg.train.sample_every == 0 and not stop_now:
+                sampler(engine.module, step, engine.empty_partition_cache)
+                engine.train()
+                sink.event(event="samples", step=step, path=str(sampler.out))
             periodic = cfg.train.save_every and step % cfg.train.save_every == 0
             if periodic or stop_now or step == cfg.train.steps:
                 path = ckpt.save(engine, RankState(step, loader.state_dict(), dict(counters)))
