@@ -10,7 +10,7 @@ unfused path allocates several (rows·k, D|F) tensors per call (gathered inputs,
 activation, gate product, unsorted outputs, and their gradients). On CPU every fresh
 allocation that large is mmapped and page-faulted anew, and each whole-tensor elementwise op
 streams through memory. Here each expert's rows are gathered, pushed through fc1 + bias,
-activation, gate and fc2 + bias, and added into the output while they are in cache; backward
+activation, fc2 + bias and gate, and added into the output while they are in cache; backward
 does the same per expert and writes each weight-gradient slice in place. Pre-activations and
 activations are kept for backward (small per-expert tensors, through ``save_for_backward`` so
 activation checkpointing can drop them; the gathered inputs are re-gathered instead of kept).
@@ -66,10 +66,8 @@ class _BlockedMoE(torch.autograd.Function):
             xe = x.index_select(0, tok)
             he = torch.mm(xe, w1[e].t()) if b1 is None else torch.addmm(b1[e], xe, w1[e].t())
             a = act(he)
-            ye = torch.mm(a * gs[sl].unsqueeze(1), w2[e])      # (g·a)·w2: the gate folded into fc2
-            if b2 is not None:
-                ye.addr_(gs[sl], b2[e])                        # + g ⊗ b2
-            out.index_add_(0, tok, ye)
+            ye = torch.mm(a, w2[e]) if b2 is None else torch.addmm(b2[e], a, w2[e])
+            out.index_add_(0, tok, ye.mul_(gs[sl].unsqueeze(1)))  # gate applied in place
             saved += [he, a]
         ctx.save_for_backward(x, gs, w1, w2, b2, token, *saved)
         ctx.counts, ctx.act, ctx.has_b1 = counts, act, b1 is not None
