@@ -181,14 +181,16 @@ class GroupedTokenMoE(nn.Module):
         s = self.num_shared
         flat = h.reshape(b * l, d)
         real = ctx.token_mask.reshape(-1).nonzero().squeeze(1)
-        x = flat.index_select(0, real)
-        group = task_to_group(ctx.task).view(b, 1).expand(b, l).reshape(-1).index_select(0, real)
+        dense = real.numel() == b * l  # no [PAD]: skip the gather / scatter of every token
+        x = flat if dense else flat.index_select(0, real)
+        group = task_to_group(ctx.task).view(b, 1).expand(b, l).reshape(-1)
+        group = group if dense else group.index_select(0, real)
         logits, probs, top_p, top_i = self.route(x, group)
         base = (group * self.per_group).unsqueeze(1)
         ids = torch.cat([base + torch.arange(s, device=x.device), base + s + top_i], 1)
         gates = torch.cat([top_p.new_ones(x.shape[0], s), top_p], 1).to(x.dtype)
         y, _ = self._run_experts(x, ids, gates)
-        out = flat.new_zeros(b * l, d).index_copy(0, real, y).view(b, l, d)
+        out = (y if dense else flat.new_zeros(b * l, d).index_copy(0, real, y)).view(b, l, d)
         return out, self._aux(logits, probs, top_i, group)
 
     def _aux(self, logits, probs, top_i, group) -> dict[str, torch.Tensor]:
