@@ -211,3 +211,25 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         run(world, ZERO3, loader_factory=_mem)
     assert run(_cfg(tmp_path, "train.steps=4", "model.intermediate_size=128", "train.resume=false"), ZERO3,
                loader_factory=_mem) == EXIT_OK  # explicitly starting over is allowed
+
+
+def test_init_from_imports_phi_with_moe_upcycling_and_refuses_other_shapes(tmp_path):
+    from transformers import PhiConfig, PhiForCausalLM
+
+    from unif2ace.checkpoint.adapters import import_checkpoint
+
+    torch.manual_seed(0)
+    PhiForCausalLM(PhiConfig(vocab_size=600, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                             num_attention_heads=4, partial_rotary_factor=0.5, bos_token_id=1,
+                             eos_token_id=2)).save_pretrained(tmp_path / "phi")
+    over = ["model.moe.enabled=true", "model.moe.num_routed=4", "model.moe.top_k=2", "model.moe.expert_ffn=64",
+            f"train.init_from={tmp_path / 'phi'}"]
+    cfg = _cfg(tmp_path, *over)
+    model = E.build_model(cfg, {"zero_optimization": {"stage": 3}})
+    torch.manual_seed(cfg.train.seed)  # new rows / routers are drawn after seeding, identically on every rank
+    want, _ = import_checkpoint(tmp_path / "phi", cfg, seed=cfg.train.seed)
+    got = model.state_dict()
+    assert got.keys() == want.state_dict().keys() and "layers.0.ffn.experts.w1" in got
+    assert all(torch.equal(got[k], v) for k, v in want.state_dict().items())
+    with pytest.raises(E.EngineError, match=r"model\.hidden_size: checkpoint 64 vs run 128"):
+        E.build_model(_cfg(tmp_path, *over, "model.hidden_size=128"), {})
