@@ -160,7 +160,7 @@ def _qa_kinds(data: str, recs) -> dict[tuple[int, str], str]:
     return out
 
 
-def _fid_entry(metric, real: list[Image.Image], fake: list[Image.Image], bs: int) -> dict:
+def _fid_entry(metric, real: list[Image.Image], fake: list[Image.Image]) -> dict:
     from unif2ace.eval.fid import compute_fid, to_uint8
 
     def batches(ims):
@@ -194,9 +194,9 @@ def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: d
     real = [_open(r.image).resize((size, size), Image.BICUBIC) for r in real_all]
     fake_s = [im.resize((size, size), Image.BICUBIC) for im in fake]
     if len(real) >= 2 and len(fake_s) >= 2:
-        res["synthface_fid"] = _fid_entry(synthface_fid(clf), real, fake_s, cfg.batch_size)
+        res["synthface_fid"] = _fid_entry(synthface_fid(clf), real, fake_s)
         if cfg.inception_weights:
-            res["inception_fid"] = _fid_entry(inception_fid(cfg.inception_weights), real, fake_s, cfg.batch_size)
+            res["inception_fid"] = _fid_entry(inception_fid(cfg.inception_weights), real, fake_s)
         if len(fake_s) < 2 * clf.num_features:
             notes.append(f"FID from {len(fake_s)} generated faces (feature dimension {clf.num_features}): "
                          "biased upwards at small sample counts; compare runs only at equal counts.")
