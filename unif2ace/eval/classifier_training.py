@@ -35,8 +35,11 @@ class TrainClassifierConfig:
     """SynthFace directory (metadata.jsonl, attributes.json, images/)."""
     out: str = ""
     """Output directory: the classifier (config.json, model.safetensors) + test_metrics.json."""
-    epochs: int = 12
-    """Passes over the train split."""
+    steps: int = 1200
+    """Optimiser steps (the run's cost is fixed whatever the data size: ~30 epochs of 5k images).
+    Measured on SynthFace: 12 epochs of 4.9k images gave 87% mean test accuracy, 30 epochs 95%."""
+    epochs: int = 0
+    """Passes over the train split instead of ``steps`` (0 = use ``steps``)."""
     batch_size: int = 128
     """Images per optimiser step."""
     lr: float = 3e-3
@@ -174,7 +177,9 @@ def _train(cfg: TrainClassifierConfig) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(x_tr)
     steps_per_epoch = max(1, n // cfg.batch_size)  # drop the ragged last batch: BatchNorm needs a real batch
-    total = steps_per_epoch * cfg.epochs
+    total = steps_per_epoch * cfg.epochs if cfg.epochs > 0 else cfg.steps
+    if total < 1:
+        raise ValueError(f"train_classifier: steps={cfg.steps}, epochs={cfg.epochs}: nothing to train")
     warm = max(1, int(0.05 * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
@@ -183,28 +188,29 @@ def _train(cfg: TrainClassifierConfig) -> dict:
     t1 = time.time()
     loss_ema = None
     model.train()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=g)
-        for s in range(steps_per_epoch):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            xb = augment(x_in[idx], cfg, g)
-            logits = model(xb)
-            yb = y_tr[idx]
-            losses = [F.cross_entropy(lg, yb[:, j], ignore_index=IGNORE)
-                      for j, lg in enumerate(logits.values()) if (yb[:, j] != IGNORE).any()]
-            loss = torch.stack(losses).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            lv = float(loss.detach())
-            loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
-            bar.update(1)
+    for step in range(total):
+        s = step % steps_per_epoch
+        if s == 0:
+            perm = torch.randperm(n, generator=g)  # a fresh order every epoch
+        idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+        xb = augment(x_in[idx], cfg, g)
+        logits = model(xb)
+        yb = y_tr[idx]
+        losses = [F.cross_entropy(lg, yb[:, j], ignore_index=IGNORE)
+                  for j, lg in enumerate(logits.values()) if (yb[:, j] != IGNORE).any()]
+        loss = torch.stack(losses).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        lv = float(loss.detach())
+        loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
+        bar.set_postfix(loss=f"{loss_ema:.3f}")
+        bar.update(1)
     bar.close()
     t_train = time.time() - t1
     test = accuracy(model, x_te, y_te)
-    result = {"test": test, "train_images": n, "test_images": len(x_te), "epochs": cfg.epochs,
+    result = {"test": test, "train_images": n, "test_images": len(x_te), "epochs": round(total / steps_per_epoch, 1),
               "steps": total, "train_seconds": round(t_train, 1), "load_seconds": round(t_load, 1),
               "threads": torch.get_num_threads(), "config": {**asdict(cfg), "model": asdict(mcfg)}}
     result["config"]["model"].pop("categories")
@@ -222,6 +228,6 @@ def format_report(result: dict) -> str:
         acc = "-" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
         lines.append(f"{c:22s} {v['n']:5d} {acc:>9s} {v['chance']:7.3f}")
     lines.append(f"{'mean':22s} {t['n_images']:5d} {t['mean_accuracy']:9.3f}")
-    lines.append(f"min {t['min_accuracy']:.3f}; {result['train_images']} train images, {result['epochs']} epochs, "
-                 f"{result['train_seconds']} s training on {result['threads']} threads")
+    lines.append(f"min {t['min_accuracy']:.3f}; {result['train_images']} train images, {result['steps']} steps "
+                 f"({result['epochs']} epochs), {result['train_seconds']} s training on {result['threads']} thread(s)")
     return "\n".join(lines)
