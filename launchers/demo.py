@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="everything goes here")
     ap.add_argument("--num-images", type=int, default=2400, help="SynthFace images")
-    ap.add_argument("--tokenizer-steps", type=int, default=800, help="image tokenizer training steps")
+    ap.add_argument("--tokenizer-steps", type=int, default=400, help="image tokenizer training steps")
     ap.add_argument("--classifier-epochs", type=int, default=4, help="attribute classifier epochs")
     ap.add_argument("--procs", type=int, default=2, help="training processes (DeepSpeed on CPU)")
     ap.add_argument("--num-eval", type=int, default=64, help="test faces / prompts for the evaluation")
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                             "--out", str(spm)], out, timings)
     _run("image_tokenizer", [py, "tools/train_image_tokenizer.py", "--train_dir", str(data / "images" / "train"),
                              "--val_dir", str(data / "images" / "val"), "--preset", "synthface",
+                             "--model", "ch=16", "--batch_size", "16", "--max_val", "256",
                              "--steps", str(args.tokenizer_steps), "--out", str(magvit)], out, timings)
     _run("precompute", [py, "tools/precompute_tokens.py", "--data", str(data), "--out", str(shards),
                         "--image-tokenizer", str(magvit), "--text-tokenizer", str(spm), "--recipe", "synthface",
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# UniF²ace built-in demo (SynthFace, CPU)", "",
              f"Total {total / 60:.1f} min of steps (this invocation {(time.time() - t_start) / 60:.1f} min).", "",
              "| step | seconds |", "| --- | ---: |"] + [f"| {k} | {v} |" for k, v in timings.items()]
-    lines += ["", f"Evaluation report: [eval/report.md](eval/report.md) · metrics: `eval/metrics.json`", "",
+    lines += ["", "Evaluation report: [eval/report.md](eval/report.md) · metrics: `eval/metrics.json`", "",
               "```json", json.dumps(_headline(metrics), indent=1), "```", ""]
     (out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from unif2ace.atomic import atomic_directory
 from unif2ace.config import Config, ConfigError, config_from_dict
 
 CONFIG_NAME = "config.json"
@@ -58,32 +57,15 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source
         logging.getLogger(__name__).warning("%s: partial load:\n  %s", source, "\n  ".join(problems))
 
 
-def _atomic_dir(out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-
-
 def save_pretrained(model: torch.nn.Module, cfg: Config, out_dir: str | os.PathLike,
                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename)."""
     out = Path(out_dir)
-    tmp = _atomic_dir(out)
-    try:
+    with atomic_directory(out) as tmp:
         sd = state_dict if state_dict is not None else model.state_dict()
         sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
         save_file(sd, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "producer": FORMAT})
         (tmp / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2))
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

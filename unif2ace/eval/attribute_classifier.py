@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from unif2ace.atomic import atomic_directory
 
 import numpy as np
 import torch
@@ -166,24 +166,11 @@ class AttributeClassifier(nn.Module):
         from safetensors.torch import save_file
 
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-        try:
+        with atomic_directory(out) as tmp:
             sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(sd, str(tmp / WEIGHTS_NAME), metadata={"producer": FORMAT})
             cfg = {"format": FORMAT, **asdict(self.cfg), **({"extra": extra} if extra else {})}
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
-            if out.exists():
-                old = out.with_name(out.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     @classmethod
