@@ -1,7 +1,8 @@
 """Train a MAGVIT-v2 / LFQ image tokenizer on a folder of images (PNG / JPG / WebP / BMP).
 
-    python tools/train_image_tokenizer.py --train_dir runs/synthface/data/train \\
-        --val_dir runs/synthface/data/val --preset synthface --out runs/synthface/tokenizer
+    python tools/make_synthface.py --out runs/synthface/data --num 5000
+    python tools/train_image_tokenizer.py --train_dir runs/synthface/data/images/train \\
+        --val_dir runs/synthface/data/images/val --preset synthface --out runs/synthface/magvit
     python tools/train_image_tokenizer.py ... --resume true        # continue from OUT/train_state.pt
     python tools/train_image_tokenizer.py --help                   # every option with its meaning
 
@@ -61,15 +62,15 @@ class TokenizerTrainConfig:
     """MagvitConfig overrides as key=value, e.g. ch=64 codebook_bits=10."""
     image_size: int = 64
     """Images are centre-cropped to a square and resized to this side."""
-    steps: int = 3000
+    steps: int = 2000
     """Optimiser steps."""
-    batch_size: int = 32
+    batch_size: int = 16
     """Images per step."""
     lr: float = 2e-3
     """Peak AdamW learning rate."""
     min_lr_ratio: float = 0.05
     """Final learning rate as a fraction of the peak (cosine decay)."""
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     """Linear warm-up steps."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
