@@ -184,7 +184,7 @@ def _train(cfg: TrainClassifierConfig) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
     x_in = to_input(x_tr, mcfg.image_size)  # normalise once; augmentation works on floats
-    bar = tqdm(total=total, desc="classifier", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=total, desc="classifier", unit="step", disable=not cfg.progress, mininterval=1.0)
     t1 = time.time()
     loss_ema = None
     model.train()
@@ -205,7 +205,7 @@ def _train(cfg: TrainClassifierConfig) -> dict:
         sched.step()
         lv = float(loss.detach())
         loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
-        bar.set_postfix(loss=f"{loss_ema:.3f}")
+        bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
         bar.update(1)
     bar.close()
     t_train = time.time() - t1
