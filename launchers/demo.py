@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     data, spm, magvit, shards = out / "data", out / "spm.model", out / "magvit", out / "shards"
     train_dir, model, clf, ev = out / "train", out / "model", out / "classifier", out / "eval"
-    env = {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
+    env = {"PATH": str(Path(py).parent) + os.pathsep + os.environ.get("PATH", ""), "DS_ACCELERATOR": "cpu",
+           "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
            "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "OMP_NUM_THREADS": "1"}
     t_start = time.time()
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--feature", "clip.fallback=random-init", "--feature", "face.mode=aligned",
                         "--feature", "face.fallback=none"], out, timings)
     common = [f"data.shards={shards}", f"train.out_dir={train_dir}", "train.wandb=offline"] + list(args.overrides)
-    _run("train", ["deepspeed", "--num_gpus", str(args.procs), "launchers/train.py", "--deepspeed",
+    _run("train", [str(Path(py).parent / "deepspeed"), "--num_gpus", str(args.procs), "launchers/train.py", "--deepspeed",
                    "ds_configs/zero3.json", "--config", "synthface", *common], out, timings, env)
     _run("classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data), "--out", str(clf),
                         "--epochs", str(args.classifier_epochs)], out, timings)
