@@ -12,6 +12,11 @@ distances without learned weights) needs a local torchvision VGG16 weights file 
 by default. Images are decoded once into memory (uint8, centre-cropped and resized).
 Data order is a function of (seed, step), so a resumed run continues the exact stream.
 
+Measured (commands above, defaults, ``--threads 1`` on a shared 2-core machine): 2000 steps of
+16 images at 0.33-0.41 s/step; val PSNR 18.9 / 20.5 / 21.4 / 21.7 dB after 500 / 1000 / 1500 / 2000
+steps, all 256 codes used (perplexity 244). Reconstructions are recognisable but soft (no
+perceptual or adversarial loss). On a busy machine several threads can be slower than one.
+
 Writes into OUT: ``config.json`` + ``model.safetensors`` (``MagvitV2.from_pretrained(OUT)``),
 ``train_state.pt`` (model + optimiser + step, for --resume), ``metrics.json`` (val PSNR,
 codebook usage) and ``recon.png`` (val originals above their reconstructions). All writes
@@ -100,7 +105,7 @@ class TokenizerTrainConfig:
     seed: int = 0
     """Seed of the initialisation, data order and flips."""
     threads: int = 0
-    """torch CPU threads (0 = all cores)."""
+    """torch CPU threads (0 = all cores; on a busy shared machine 1 thread can be faster)."""
     save_every: int = 500
     """Write train_state.pt and the pretrained files every N steps (0 = only at the end)."""
     eval_every: int = 0
