@@ -164,6 +164,7 @@ def test_roundtrip_shapes_and_save_pretrained(tmp_path):
 
     model.save_pretrained(tmp_path / "tok")
     assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    assert ((tmp_path / "tok" / "model.safetensors").stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600
     again = MagvitV2.from_pretrained(tmp_path / "tok")
     assert again.config == cfg
     assert torch.equal(again.encode(images), codes)

@@ -298,6 +298,7 @@ def atomic_save(obj, path: Path) -> None:
             obj.save(tmp, format="PNG")
         else:
             torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
