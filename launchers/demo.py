@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/demo", help="everything goes here")
     ap.add_argument("--num-images", type=int, default=2400, help="SynthFace images")
     ap.add_argument("--tokenizer-steps", type=int, default=400, help="image tokenizer training steps")
-    ap.add_argument("--classifier-epochs", type=int, default=4, help="attribute classifier epochs")
+    ap.add_argument("--classifier-steps", type=int, default=600, help="attribute classifier steps")
     ap.add_argument("--procs", type=int, default=2, help="training processes (DeepSpeed on CPU)")
     ap.add_argument("--num-eval", type=int, default=64, help="test faces / prompts for the evaluation")
     ap.add_argument("--fresh", action="store_true", help="delete OUT first")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                             "--out", str(spm)], out, timings)
     _run("image_tokenizer", [py, "tools/train_image_tokenizer.py", "--train_dir", str(data / "images" / "train"),
                              "--val_dir", str(data / "images" / "val"), "--preset", "synthface",
-                             "--model", "ch=16", "--batch_size", "16", "--max_val", "256",
+                             "--model", "ch=16", "--batch_size", "16", "--max_val", "256", "--threads", "1",
                              "--steps", str(args.tokenizer_steps), "--out", str(magvit)], out, timings)
     _run("precompute", [py, "tools/precompute_tokens.py", "--data", str(data), "--out", str(shards),
                         "--image-tokenizer", str(magvit), "--text-tokenizer", str(spm), "--recipe", "synthface",
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     _run("train", [str(Path(py).parent / "deepspeed"), "--num_gpus", str(args.procs), "launchers/train.py", "--deepspeed",
                    "ds_configs/zero3.json", "--config", "synthface", *common], out, timings, env)
     _run("classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data), "--out", str(clf),
-                        "--epochs", str(args.classifier_epochs)], out, timings)
+                        "--steps", str(args.classifier_steps)], out, timings)
     _run("convert", [py, "tools/convert_checkpoint.py", str(train_dir / "checkpoints"), "--out", str(model)],
          out, timings, env)
     _run("evaluate", [py, "launchers/evaluate.py", "--checkpoint", str(model), "--data", str(data),
