@@ -17,7 +17,6 @@ Steps, all on the built-in SynthFace set at 64×64:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from unif2ace.config import load_config  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import report  # noqa: E402
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -140,13 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["micro_batch"] = mb
     res["headroom"] = res["loader_samples_per_s"] / res["train_step_samples_per_s"]
 
-    width = max(len(k) for k in res)
-    for k, v in res.items():
-        print(f"{k:<{width}}  {v:,.1f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return res
+    return report(res, args.json, digits=1)
 
 
 if __name__ == "__main__":

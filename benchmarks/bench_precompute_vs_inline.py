@@ -21,7 +21,6 @@ ratio precomputed / inline. One run, one process.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -34,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from unif2ace.config import load_config  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import report  # noqa: E402
 
 
 def inline_batches(records, text_tok, magvit, cfg, image_size: int, device, seed: int = 0):
@@ -159,13 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
            "precomputed_steps_per_s": statistics.median(rates["precomputed"]),
            "inline_steps_per_s": statistics.median(rates["inline"])}
     res["ratio"] = res["precomputed_steps_per_s"] / res["inline_steps_per_s"]
-    width = max(len(k) for k in res)
-    for k, v in res.items():
-        print(f"{k:<{width}}  {v:,.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    return res
+    return report(res, args.json, digits=3)
 
 
 if __name__ == "__main__":
