@@ -41,3 +41,15 @@ def tiny_shards(tmp_path_factory):
                                  "--feature", "face.fallback=none"])
     assert rc == 0
     return root / "shards"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    # Test models are tiny: a second OpenMP thread buys nothing, and on a shared 2-core machine
+    # each op can wait ~15 ms for a descheduled worker (one test module went from 133 s to 21 s).
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

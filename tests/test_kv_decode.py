@@ -16,16 +16,6 @@ QUESTIONS = [[5, 6, 7], [8], [9, 10, 11, 12, 13, 14, 15, 16]]  # different lengt
 NEW = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core box each op can
-    # wait ~15 ms for a descheduled OpenMP worker; restored afterwards for other modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(overrides=()):
     # init_std 0.1: with 0.02 attention is nearly uniform and a wrong position would go unseen.
     cfg = load_config("tiny", ["model.init_std=0.1", *overrides])

@@ -18,16 +18,6 @@ from unif2ace.tokens import build_t2i
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core box each op can
-    # wait ~15 ms for a descheduled OpenMP worker; restored afterwards for other modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup():
     # init_std 0.1 rather than 0.02: a near-uniform random model would hide prompt/guidance effects.
