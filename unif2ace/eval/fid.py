@@ -7,8 +7,8 @@
 
 Standard FID uses torch-fidelity's InceptionV3 (the one torchmetrics wraps) with the weights
 given by path: ``weights-inception-2015-12-05-6726825d.pth`` from torch-fidelity's releases, or
-the same state dict as ``.safetensors``. Nothing is downloaded. torch-fidelity reads the file
-with ``torch.load(weights_only=False)`` (arbitrary pickle), so the user's file is never handed
+the same state dict as ``.safetensors``. Nothing is downloaded. torch-fidelity unpickles the
+file without restriction (arbitrary code), so the user's file is never handed
 to it: it is read here with safetensors / ``weights_only=True`` and the plain tensors are
 re-saved to a private temporary file that torch-fidelity then loads.
 
