@@ -270,3 +270,68 @@ def test_missing_and_mismatched_shards_are_clear_errors(shards, tmp_path, capsys
     assert f"{tmp_path / 'nowhere'}: no manifest.json" in capsys.readouterr().err
     assert main(base + [f"data.shards={shards}", "model.codebook_size=128"]) == EXIT_CONFIG
     assert "codebook_size: shards 64 vs model.codebook_size 128" in capsys.readouterr().err
+
+
+EP_MOE = ("model.moe.enabled=true", "model.moe.num_routed=4", "model.moe.top_k=2", "model.moe.expert_ffn=64",
+          "train.micro_batch=2")
+
+
+def test_expert_parallel_two_ranks_matches_ep1_resumes_and_keeps_every_ranks_experts(shards, tmp_path):
+    """EP=2 (ds_configs/zero2_ep.json) against EP=1 (zero2.json) on the same 2 ranks and data;
+    then 3 + 3 steps with a resume against 6 straight; then conversion gathers both ranks' experts."""
+    from safetensors.torch import load_file
+
+    from unif2ace.checkpoint.hf_io import load_pretrained
+    from unif2ace.checkpoint.load import load_model
+
+    def train(ds, out, steps=6, **env):
+        rc, log = _run(_torchrun("--deepspeed", f"ds_configs/{ds}", *_overrides(shards, out, *EP_MOE),
+                                 f"train.steps={steps}"), **env)
+        assert (rc != 0) == bool(env), log[-4000:]
+
+    ep, dp, res = tmp_path / "ep", tmp_path / "dp", tmp_path / "resumed"
+    train("zero2_ep.json", ep)
+    train("zero2.json", dp)
+    l_ep, l_dp = _losses(ep), _losses(dp)
+    assert sorted(l_ep) == sorted(l_dp) == list(range(1, 7))
+    for s in l_ep:
+        assert abs(l_ep[s] - l_dp[s]) <= 1e-5 * abs(l_dp[s]), (s, l_ep[s], l_dp[s])
+    start = next(r for r in _rows(ep) if r.get("event") == "start")
+    assert start["expert_parallel_size"] == 2 and start["zero_stage"] == 2
+
+    train("zero2_ep.json", res, UNIF2ACE_FAULT="crash:5:1")  # rank 1 dies at step 5; last checkpoint: step 3
+    train("zero2_ep.json", res)  # resumes from step 3
+    assert [_losses(res)[s] for s in range(1, 7)] == [l_ep[s] for s in range(1, 7)]
+
+    # each rank wrote its own experts, and they differ
+    ckpt = ep / "checkpoints" / "step00000006"
+    s0, s1 = (load_file(str(ckpt / f"experts-ep00{r}.safetensors")) for r in (0, 1))
+    assert s0.keys() == s1.keys() and len(s0) == 8  # 2 layers × local w1, w2, b1, b2
+    assert all(not torch.equal(s0[k], s1[k]) for k in s0)
+    # the ZeRO checkpoint loads with all experts (shared + rank 0's + rank 1's), equal to the model
+    # gathered from the live engine, and to the EP=1 run's within the loss tolerance
+    conv, _ = load_model(ep / "checkpoints")
+    live, _ = load_pretrained(ep / "final")
+    ref, _ = load_model(dp / "checkpoints")
+    sd_conv, sd_live, sd_ref = conv.state_dict(), live.state_dict(), ref.state_dict()
+    assert sd_conv.keys() == sd_live.keys() == sd_ref.keys()
+    for k in sd_ref:
+        assert torch.equal(sd_conv[k], sd_live[k]), k
+        torch.testing.assert_close(sd_conv[k], sd_ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    w1 = sd_conv["layers.1.ffn.experts.w1"]
+    assert torch.equal(w1[:, 1:3], s0["layers.1.ffn.experts.local_w1"])
+    assert torch.equal(w1[:, 3:5], s1["layers.1.ffn.experts.local_w1"])
+
+    # a shard that disagrees with the optimiser's fp32 masters (e.g. copied from another run) is refused
+    from safetensors.torch import save_file
+
+    bad = res / "checkpoints" / "step00000006" / "experts-ep001.safetensors"
+    save_file({k: v + 1 for k, v in load_file(str(bad)).items()}, str(bad), metadata={"ep_size": "2", "ep_rank": "1"})
+    rc, log = _run(_torchrun("--deepspeed", "ds_configs/zero2_ep.json", *_overrides(shards, res, *EP_MOE),
+                             "train.steps=8"))
+    assert rc != 0 and "refusing to resume" in log, log[-3000:]
+
+    # resuming an EP checkpoint without EP is refused with the reason
+    rc, log = _run(_torchrun("--deepspeed", "ds_configs/zero2.json", *_overrides(shards, ep, *EP_MOE),
+                             "train.steps=8"))
+    assert rc != 0 and "expert_parallel_size: checkpoint 2 vs run None" in log, log[-3000:]

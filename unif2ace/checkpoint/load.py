@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from unif2ace.checkpoint.hf_io import CONFIG_NAME, CheckpointError, check_state_dict, load_pretrained
+from unif2ace.train.expert_parallel import SHARD_FILE
 
 
 def zero_root(path: Path) -> Path | None:
@@ -36,10 +37,44 @@ def load_zero(root: str | os.PathLike, tag: str | None = None):
     if not (root / tag).is_dir():
         raise CheckpointError(f"{root / tag}: no such checkpoint")
     cfg = read_run_config(root / tag)
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    if (root / tag / SHARD_FILE.format(rank=0)).exists():
+        sd = _expert_parallel_state_dict(root / tag)
+    else:
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
     model = UniF2ace(cfg.model)
     check_state_dict(model, {k: v.float().contiguous() for k, v in sd.items()}, str(root / tag))
     return model, cfg
+
+
+def _expert_parallel_state_dict(ckpt: Path) -> dict:
+    """An expert-parallel ZeRO-2 checkpoint (unif2ace/train/expert_parallel.py): DeepSpeed's
+    ``zero_to_fp32`` cannot merge its expert optimiser groups (each rank's differ), so the weights
+    come from rank 0's module state (the training dtype) plus every rank's expert shard."""
+    import torch
+    from safetensors.torch import load_file
+
+    from unif2ace.train.expert_parallel import SHARD_FILE, merge_expert_shards
+
+    states = ckpt / "mp_rank_00_model_states.pt"
+    if not states.exists():
+        raise CheckpointError(f"{states}: missing")
+    module = torch.load(states, weights_only=True)["module"]
+    shards, ep = [], 0
+    while (ckpt / SHARD_FILE.format(rank=ep)).exists():
+        shards.append(load_file(str(ckpt / SHARD_FILE.format(rank=ep))))
+        ep += 1
+    declared = int(_shard_meta(ckpt / SHARD_FILE.format(rank=0)).get("ep_size", 0))
+    if declared != ep:
+        raise CheckpointError(f"{ckpt}: {ep} expert shard file(s), but they were written with "
+                              f"expert_parallel_size={declared}")
+    return merge_expert_shards(module, shards)
+
+
+def _shard_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
 
 
 def load_model(path: str | os.PathLike, tag: str | None = None):

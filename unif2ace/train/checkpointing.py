@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from unif2ace.config import Config
-from unif2ace.train import faults
+from unif2ace.train import expert_parallel, faults
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def run_meta(cfg: Config, world_size: int) -> dict[str, Any]:
+def run_meta(cfg: Config, world_size: int, expert_parallel_size: int = 1) -> dict[str, Any]:
     """What must match for a checkpoint to be resumable by this run."""
-    return {"world_size": world_size, "model": asdict(cfg.model), "loss": asdict(cfg.loss),
+    meta = {"world_size": world_size, "model": asdict(cfg.model), "loss": asdict(cfg.loss),
             "data": asdict(cfg.data),
             "train": {k: getattr(cfg.train, k) for k in ("micro_batch", "grad_accum", "seed")}}
+    if expert_parallel_size > 1:  # absent otherwise, so checkpoints without EP read as before
+        meta["expert_parallel_size"] = expert_parallel_size
+    return meta
 
 
 def read_run_config(ckpt_dir: str | os.PathLike) -> Config:
@@ -189,11 +192,13 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
         dist.barrier()
         engine.save_checkpoint(str(self.root), tag=tmp_tag, save_latest=False)
+        expert_parallel.save_expert_shards(engine.module, tmp)  # DeepSpeed saves rank 0's experts only
         state.rng = rng_state()
         torch.save(asdict(state), tmp / f"rank{self.rank:05d}.pt.tmp")
         os.replace(tmp / f"rank{self.rank:05d}.pt.tmp", tmp / f"rank{self.rank:05d}.pt")
         if self.rank == 0:
-            meta = {**run_meta(self.cfg, self.world_size), "config": self.cfg.to_dict()}
+            meta = {**run_meta(self.cfg, self.world_size, expert_parallel.ep_size_of(engine.module)),
+                    "config": self.cfg.to_dict()}
             _atomic_write_text(tmp / RUN_META, json.dumps(meta, indent=1))
         faults.maybe_fail("crash_in_save", state.step, self.rank)
         dist.barrier()  # every rank's files are on disk
@@ -214,13 +219,13 @@ class CheckpointManager:
 
     # ----------------------------------------------------------------- load
 
-    def check_compatible(self, tag: str) -> None:
+    def check_compatible(self, tag: str, expert_parallel_size: int = 1) -> None:
         meta_path = self.root / tag / RUN_META
         if not meta_path.exists():
             raise CheckpointMismatch(f"{meta_path}: missing (incomplete or foreign checkpoint)")
         have = json.loads(meta_path.read_text())
         have.pop("config", None)
-        want = json.loads(json.dumps(run_meta(self.cfg, self.world_size)))
+        want = json.loads(json.dumps(run_meta(self.cfg, self.world_size, expert_parallel_size)))
         diffs = _meta_diff(have, want)
         if diffs:
             raise CheckpointMismatch(
@@ -237,11 +242,15 @@ class CheckpointManager:
         tag = self.latest_tag()
         if tag is None:
             return None
-        self.check_compatible(tag)
+        self.check_compatible(tag, expert_parallel.ep_size_of(engine.module))
         path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
                                          load_lr_scheduler_states=True)
         if path is None:
             raise CheckpointMismatch(f"DeepSpeed could not load {self.root / tag}")
+        try:
+            expert_parallel.restore_expert_shards(engine, self.root / tag)
+        except expert_parallel.ExpertParallelError as e:
+            raise CheckpointMismatch(str(e)) from None
         raw = torch.load(self.root / tag / f"rank{self.rank:05d}.pt", weights_only=True)
         state = RankState(**raw)
         set_rng_state(state.rng)

@@ -151,6 +151,21 @@ def load_ds_config(path: str | os.PathLike | dict, train: TrainConfig, world_siz
     zero = raw.setdefault("zero_optimization", {"stage": 0})
     if zero.get("offload_optimizer", {}).get("device", "none") != "none" and train.optimizer == "torch_adamw":
         raw.setdefault("zero_force_ds_cpu_optimizer", False)
+    ep = raw.get("expert_parallel_size", 1)
+    if not isinstance(ep, int) or ep < 1:
+        raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep!r} must be a positive integer")
+    if ep > 1:
+        if int(zero.get("stage", 0)) not in (1, 2):
+            raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} needs ZeRO stage 1 or 2 (stage "
+                              f"{zero.get('stage', 0)} given); see ds_configs/README.md for why not ZeRO-3")
+        if world_size % ep:
+            raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} does not divide the {world_size} ranks")
+        if "expert_parallel" in raw:
+            raise EngineError(f"DeepSpeed config {src}: 'expert_parallel' (DeepSpeed AutoEP) cannot drive the grouped "
+                              f"token MoE; use expert_parallel_size alone")
+        # DeepSpeed asserts both for expert (MoE) parameter groups under ZeRO-2.
+        zero.setdefault("contiguous_gradients", True)
+        zero.setdefault("reduce_scatter", True)
     raw.setdefault("steps_per_print", 10 ** 9)  # we log ourselves
     raw.setdefault("wall_clock_breakdown", False)
     return raw
@@ -326,6 +341,10 @@ def check_finite(model: nn.Module) -> None:
 
 def build_optimizer(model: nn.Module, train: TrainConfig, ds_config: dict) -> torch.optim.Optimizer:
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, train.weight_decay)]
+    if expert_parallel_size(ds_config) > 1:
+        from unif2ace.train import expert_parallel
+
+        groups = expert_parallel.optimizer_groups(groups)
     offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
     kind = train.optimizer
     if kind == "auto":
@@ -352,16 +371,32 @@ def lr_schedule(train: TrainConfig):
     return make
 
 
+def expert_parallel_size(ds_config: dict) -> int:
+    return int(ds_config.get("expert_parallel_size", 1))
+
+
 def build_engine(model: nn.Module, train: TrainConfig, ds_config: dict):
-    """``deepspeed.initialize`` with our optimiser and schedule; MoE blocks registered as leaves."""
+    """``deepspeed.initialize`` with our optimiser and schedule; MoE blocks registered as leaves;
+    routed experts sharded when the DeepSpeed JSON sets ``expert_parallel_size`` (expert_parallel.py)."""
     import deepspeed
+
+    from unif2ace.train import expert_parallel
 
     leaves = register_leaf_modules(model)
     if leaves:
         log.info("ZeRO-3 leaf modules: %d (%s)", len(leaves), sorted({type(m).__name__ for m in leaves}))
+    ep = expert_parallel_size(ds_config)
+    if ep > 1:
+        try:
+            expert_parallel.apply(model, ep)
+        except expert_parallel.ExpertParallelError as e:
+            raise EngineError(str(e)) from None
     optimizer = build_optimizer(model, train, ds_config)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_schedule(train),
-                                           config=ds_config, dist_init_required=False)
+    if ep > 1:
+        engine = expert_parallel.initialize(model, optimizer, lr_schedule(train), ds_config)
+    else:
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_schedule(train),
+                                               config=ds_config, dist_init_required=False)
     check_finite(engine.module)
     return engine
 
@@ -373,7 +408,8 @@ def model_dtype(ds_config: dict) -> torch.dtype:
 def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
     """Collective. The whole model's weights on rank 0 (CPU tensors, the engine's compute dtype),
     None elsewhere. Under ZeRO-3 each parameter is gathered in turn, so peak memory is the model
-    once on rank 0's CPU plus one parameter on every device."""
+    once on rank 0's CPU plus one parameter on every device; under expert parallelism every
+    rank's experts are gathered and merged back into the unsharded layout."""
     import deepspeed
     import torch.distributed as dist
 
@@ -388,6 +424,11 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
         for name, b in module.named_buffers():
             if name in module.state_dict():  # persistent buffers only
                 sd[name] = b.detach().to("cpu", copy=True)
+    from unif2ace.train import expert_parallel
+
+    shards = expert_parallel.gather_expert_shards(module)
+    if rank0 and shards:
+        sd = expert_parallel.merge_expert_shards(sd, shards)
     return sd if rank0 else None
 
 

@@ -154,11 +154,13 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
     meter = StepMeter(world, dist.device, train_flops_per_token(engine.module, cfg.model),
                       device_peak_flops(cfg.train.peak_tflops) if dist.device.type == "cuda" else None, cfg.loss)
     sink = MetricsSink(cfg, rank, step)
+    ep = E.expert_parallel_size(ds)
     sink.event(event="start", step=step, resumed=state is not None, world_size=world, zero_stage=E.zero_stage(ds),
-               dtype=str(E.model_dtype(ds)))
-    log.info("training %s: steps %d → %d, world %d, ZeRO-%d, %s, %.2fM parameters", cfg.name, step, cfg.train.steps,
-             world, E.zero_stage(ds), E.model_dtype(ds), sum(getattr(p, "ds_numel", p.numel())
-                                                                for p in engine.module.parameters()) / 1e6)
+               expert_parallel_size=ep, dtype=str(E.model_dtype(ds)))
+    log.info("training %s: steps %d → %d, world %d, ZeRO-%d%s, %s, %.2fM parameters%s", cfg.name, step,
+             cfg.train.steps, world, E.zero_stage(ds), f", expert parallel {ep}" if ep > 1 else "", E.model_dtype(ds),
+             sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters()) / 1e6,
+             " (routed experts: this rank's only)" if ep > 1 else "")
     last_saved = step if state is not None else -1
     try:
         stop.install()

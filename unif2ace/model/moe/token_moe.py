@@ -145,6 +145,11 @@ class GroupedTokenMoE(nn.Module):
         if self.backend is None:
             self.backend = self._resolve_backend(x)
         ex = self.experts
+        impl = None if self.cfg.torch_impl == "auto" else self.cfg.torch_impl
+        if not isinstance(ex, ExpertStack):
+            # Replaced by a parallel layout (unif2ace/train/expert_parallel.py), which runs
+            # the same dropless kernels on the experts it holds: same call, same result.
+            return ex(x, ids, gates, self.act, impl), None
         n = len(GROUPS) * self.per_group
         w1 = ex.w1.view(n, *ex.w1.shape[2:])
         w2 = ex.w2.view(n, *ex.w2.shape[2:])
@@ -155,7 +160,6 @@ class GroupedTokenMoE(nn.Module):
             return mb(x, ids, gates, w1, w2)
         b1 = ex.b1.view(n, -1) if ex.b1 is not None else None
         b2 = ex.b2.view(n, -1) if ex.b2 is not None else None
-        impl = None if self.cfg.torch_impl == "auto" else self.cfg.torch_impl
         return dropless.dropless_moe(x, ids, gates, w1, w2, self.act, b1, b2, impl=impl)
 
     # ------------------------------------------------------------------ forward
