@@ -34,7 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(name: str, cmd: list[str], out: Path, timings: dict, env: dict | None = None) -> None:
+def run_step(name: str, cmd: list[str], out: Path, timings: dict, env: dict | None = None) -> None:
+    """Run one pipeline step as a subprocess unless ``out/.done-NAME`` says it finished before;
+    its wall time goes into ``timings`` and ``out/timings.json``."""
     done = out / f".done-{name}"
     if done.exists():
         print(f"[demo] {name}: done before, skipped")
@@ -48,6 +50,25 @@ def _run(name: str, cmd: list[str], out: Path, timings: dict, env: dict | None =
     timings[name] = round(time.time() - t0, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
     done.touch()
+
+
+def cpu_env(py: str) -> dict[str, str]:
+    """Environment for the DeepSpeed CPU runs: this interpreter's ``deepspeed`` on PATH, gloo, the
+    compiled-op cache in the checkout, and one OpenMP thread per rank (two ranks share 2 cores)."""
+    return {"PATH": str(Path(py).parent) + os.pathsep + os.environ.get("PATH", ""), "DS_ACCELERATOR": "cpu",
+            "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
+            "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "OMP_NUM_THREADS": "1"}
+
+
+def deepspeed_launch(py: str, procs: int) -> list[str]:
+    """This interpreter's ``deepspeed`` launcher for ``procs`` local processes on a free port (the
+    default 29500 may be held by another job on the machine)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(Path(py).parent / "deepspeed"), "--num_gpus", str(procs), "--master_port", str(port)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,20 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     data, spm, magvit, shards = out / "data", out / "spm.model", out / "magvit", out / "shards"
     train_dir, model, clf, ev = out / "train", out / "model", out / "classifier", out / "eval"
-    env = {"PATH": str(Path(py).parent) + os.pathsep + os.environ.get("PATH", ""), "DS_ACCELERATOR": "cpu",
-           "TORCH_EXTENSIONS_DIR": str(ROOT / ".torch_extensions"),
-           "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "OMP_NUM_THREADS": "1"}
+    env = cpu_env(py)
     t_start = time.time()
 
-    _run("synthface", [py, "tools/make_synthface.py", "--out", str(data), "--num", str(args.num_images),
+    run_step("synthface", [py, "tools/make_synthface.py", "--out", str(data), "--num", str(args.num_images),
                        "--size", "64", "--grid", str(out / "synthface_grid.png")], out, timings)
-    _run("text_tokenizer", [py, "tools/train_text_tokenizer.py", "--data", str(data), "--vocab-size", "1024",
+    run_step("text_tokenizer", [py, "tools/train_text_tokenizer.py", "--data", str(data), "--vocab-size", "1024",
                             "--out", str(spm)], out, timings)
-    _run("image_tokenizer", [py, "tools/train_image_tokenizer.py", "--train_dir", str(data / "images" / "train"),
+    run_step("image_tokenizer", [py, "tools/train_image_tokenizer.py", "--train_dir", str(data / "images" / "train"),
                              "--val_dir", str(data / "images" / "val"), "--preset", "synthface",
                              "--model", "ch=16", "--batch_size", "16", "--max_val", "256", "--threads", "1",
                              "--steps", str(args.tokenizer_steps), "--out", str(magvit)], out, timings)
-    _run("precompute", [py, "tools/precompute_tokens.py", "--data", str(data), "--out", str(shards),
+    run_step("precompute", [py, "tools/precompute_tokens.py", "--data", str(data), "--out", str(shards),
                         "--image-tokenizer", str(magvit), "--text-tokenizer", str(spm), "--recipe", "synthface",
                         "--workers", "2", "--feature", "clip.model=UniF2ace-Tiny-CLIP",
                         "--feature", "clip.fallback=random-init", "--feature", "face.mode=aligned",
@@ -91,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     # 800 steps × 2 ranks × 8 rows ≈ 5 epochs of the 2,000 training faces: what fits the 20-minute budget.
     common = [f"data.shards={shards}", f"train.out_dir={train_dir}", "train.wandb=offline", "train.steps=800",
               "train.save_every=200"] + list(args.overrides)
-    _run("train", [str(Path(py).parent / "deepspeed"), "--num_gpus", str(args.procs), "launchers/train.py", "--deepspeed",
-                   "ds_configs/zero3.json", "--config", "synthface", *common], out, timings, env)
-    _run("classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data), "--out", str(clf),
+    run_step("train", [*deepspeed_launch(py, args.procs), "launchers/train.py", "--deepspeed", "ds_configs/zero3.json",
+                       "--config", "synthface", *common], out, timings, env)
+    run_step("classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data), "--out", str(clf),
                         "--steps", str(args.classifier_steps)], out, timings)
-    _run("convert", [py, "tools/convert_checkpoint.py", str(train_dir / "checkpoints"), "--out", str(model)],
+    run_step("convert", [py, "tools/convert_checkpoint.py", str(train_dir / "checkpoints"), "--out", str(model)],
          out, timings, env)
-    _run("evaluate", [py, "launchers/evaluate.py", "--checkpoint", str(model), "--data", str(data),
+    run_step("evaluate", [py, "launchers/evaluate.py", "--checkpoint", str(model), "--data", str(data),
                       "--classifier", str(clf), "--out", str(ev), "--shards", str(shards),
                       "--num-understanding", str(args.num_eval), "--num-generation", str(args.num_eval)],
          out, timings)
