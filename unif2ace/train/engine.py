@@ -159,7 +159,8 @@ def load_ds_config(path: str | os.PathLike | dict, train: TrainConfig, world_siz
             raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} needs ZeRO stage 1 or 2 (stage "
                               f"{zero.get('stage', 0)} given); see ds_configs/README.md for why not ZeRO-3")
         if world_size % ep:
-            raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} does not divide the {world_size} ranks")
+            raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} does not divide the "
+                              f"{world_size} ranks")
         if "expert_parallel" in raw:
             raise EngineError(f"DeepSpeed config {src}: 'expert_parallel' (DeepSpeed AutoEP) cannot drive the grouped "
                               f"token MoE; use expert_parallel_size alone")

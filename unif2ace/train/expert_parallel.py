@@ -382,7 +382,8 @@ def _master_mismatches(engine, saved: dict[str, torch.Tensor]) -> list[str]:
     return wrong
 
 
-def merge_expert_shards(state: dict[str, torch.Tensor], shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def merge_expert_shards(state: dict[str, torch.Tensor],
+                        shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """A state dict of the EP model (shared_* and one rank's local_*) plus every EP rank's local
     experts (in rank order) → the same weights in the unsharded ``ExpertStack`` layout
     (``...experts.w1`` of shape (G, S+E, F, D), ...), as written by EP=1 runs."""
