@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from unif2ace.atomic import atomic_directory
 from unif2ace.config import Config, ConfigError, config_from_dict
+from unif2ace.jsonfile import read_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -73,10 +74,7 @@ def read_config(ckpt_dir: str | os.PathLike) -> Config:
     path = Path(ckpt_dir) / CONFIG_NAME
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: no {CONFIG_NAME} (not a unif2ace checkpoint directory)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    data = read_json(path, CheckpointError)
     if data.pop("format", None) != FORMAT:
         raise CheckpointError(f"{path}: not a unif2ace config (for Phi / Show-o use tools/import_showo.py)")
     try:

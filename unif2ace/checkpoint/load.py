@@ -53,7 +53,7 @@ def _expert_parallel_state_dict(ckpt: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from unif2ace.train.expert_parallel import SHARD_FILE, merge_expert_shards
+    from unif2ace.train.expert_parallel import merge_expert_shards
 
     states = ckpt / "mp_rank_00_model_states.pt"
     if not states.exists():

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from unif2ace.jsonfile import read_json
+
 FORMAT = "unif2ace-shards"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -174,10 +176,7 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
         raise ShardError(f"{shard_dir}: no {MANIFEST} (run tools/precompute_tokens.py --out {shard_dir})")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path}: not valid JSON ({e})") from None
+    m = read_json(path, ShardError)
     if m.get("format") != FORMAT or m.get("version") != VERSION:
         raise ShardError(f"{path}: format {m.get('format')!r} v{m.get('version')} is not {FORMAT} v{VERSION}")
     return m

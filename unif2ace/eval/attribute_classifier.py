@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from unif2ace.atomic import atomic_directory
+from unif2ace.jsonfile import read_json
 
 import numpy as np
 import torch
@@ -64,11 +65,9 @@ def load_taxonomy(path: str | os.PathLike) -> dict[str, list[str]]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, ClassifierError)
     except FileNotFoundError:
         raise ClassifierError(f"{path}: taxonomy file not found") from None
-    except json.JSONDecodeError as e:
-        raise ClassifierError(f"{path}: not valid JSON: {e}") from None
     cats = data.get("categories", data) if isinstance(data, dict) else data
     items = cats.items() if isinstance(cats, dict) else ((c.get("name"), c) for c in cats if isinstance(c, dict))
     out: dict[str, list[str]] = {}
@@ -184,10 +183,7 @@ class AttributeClassifier(nn.Module):
         cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not cfg_path.exists() or not w_path.exists():
             raise ClassifierError(f"{path}: not a classifier directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        try:
-            data = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ClassifierError(f"{cfg_path}: not valid JSON: {e}") from None
+        data = read_json(cfg_path, ClassifierError)
         if data.pop("format", None) != FORMAT:
             raise ClassifierError(f"{cfg_path}: not an attribute-classifier config (format != {FORMAT!r})")
         data.pop("extra", None)

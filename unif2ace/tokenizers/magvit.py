@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from unif2ace.checkpoint.hf_io import CheckpointError, check_state_dict
 from unif2ace.config import ConfigError, _build
+from unif2ace.jsonfile import read_json
 from unif2ace.tokenizers import lfq
 
 CONFIG_NAME = "config.json"
@@ -441,10 +442,7 @@ class MagvitV2(nn.Module):
         if config is None:
             if not cfg_file.is_file():
                 raise FileNotFoundError(f"{cfg_file}: missing; pass config=MagvitConfig(...) to load {weights} without it")
-            try:
-                data = json.loads(cfg_file.read_text())
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+            data = read_json(cfg_file, CheckpointError)
             try:
                 config = MagvitConfig.from_dict(data)
             except ConfigError as e:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from unif2ace.config import Config, TrainConfig
+from unif2ace.jsonfile import read_json
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,9 @@ def load_ds_config(path: str | os.PathLike | dict, train: TrainConfig, world_siz
     else:
         src = str(path)
         try:
-            raw = json.loads(Path(path).read_text())
+            raw = read_json(path, EngineError, name=f"DeepSpeed config {src}")
         except FileNotFoundError:
             raise EngineError(f"DeepSpeed config {src}: file not found (see ds_configs/README.md)") from None
-        except json.JSONDecodeError as e:
-            raise EngineError(f"DeepSpeed config {src}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise EngineError(f"DeepSpeed config {src}: top level must be an object")
     for key in ("optimizer", "scheduler"):
