@@ -78,3 +78,29 @@ def test_pad_rows_stay_finite():
     b, _ = _batch(cfg)
     assert (b["input_ids"] == model.layout.pad_id).any()
     assert torch.isfinite(model(b["input_ids"], b["task"]).logits).all()
+
+
+def test_trimmed_batch_gives_the_same_losses_and_real_token_logits():
+    # tokens.trim_padding rotates T2I left pads to the end and cuts all-pad columns: under rotary
+    # attention with masked pads the real tokens' logits and every loss are unchanged.
+    from unif2ace.tokens import trim_padding
+
+    cfg = load_config("tiny", ["model.seq_moe.enabled=false"])
+    torch.manual_seed(0)
+    model = UniF2ace(cfg.model).double().eval()
+    b, L = _batch(cfg)
+    ids, labels = trim_padding(b["input_ids"], b["labels"], L.pad_id)
+    assert ids.shape[1] < b["input_ids"].shape[1]
+    for r in range(ids.shape[0]):  # same real tokens in the same order, pads only at the end
+        real = b["input_ids"][r][b["input_ids"][r] != L.pad_id]
+        assert torch.equal(ids[r][: len(real)], real) and (ids[r][len(real):] == L.pad_id).all()
+    t = dict(b, input_ids=ids, labels=labels)
+    with torch.no_grad():
+        full, cut = model(b["input_ids"], b["task"]), model(ids, b["task"])
+        lf, mf = total_loss(full, b, L, cfg.loss)
+        lc, mc = total_loss(cut, t, L, cfg.loss)
+    torch.testing.assert_close(lc, lf, rtol=1e-10, atol=1e-10)
+    for r in range(ids.shape[0]):
+        keep_f = b["input_ids"][r] != L.pad_id
+        keep_c = ids[r] != L.pad_id
+        torch.testing.assert_close(cut.logits[r][keep_c], full.logits[r][keep_f], rtol=1e-9, atol=1e-9)

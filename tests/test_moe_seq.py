@@ -192,3 +192,20 @@ def test_top_k_and_expert_lists_are_recipe_switches(k):
                              "model.seq_moe.und_experts=[copy,face,clip]"])
     with pytest.raises(ConfigError, match="unknown experts"):
         load_config("tiny", ["model.seq_moe.enabled=true", "model.seq_moe.und_experts=[copy,sketch]"])
+
+
+def test_clip_tokens_patches_reads_the_patch_tokens_entry():
+    # clip_tokens='patches': the CLIP expert reads ctx.features['clip_patches'] (B, N, D); with only
+    # the pooled 'clip' present it is unavailable (never routed), and the pooled entry is ignored.
+    m = _smoe(und_experts=["clip", "copy"], top_k=1, clip_tokens="patches")
+    _set_router(m.und, [[1.0] * D, [0.0] * D])  # prefer CLIP whenever it is available
+    h = torch.rand(2, 3, D, dtype=torch.float64) + 0.5
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    patches = torch.randn(2, 4, 6, dtype=torch.float64)
+    out_p, _ = m(h, _ctx([TASK_MMU, TASK_MMU], mask, {"clip_patches": patches, "clip": torch.randn(2, 6).double()}))
+    expert = m.und.experts["0"]
+    torch.testing.assert_close(out_p, expert(h, patches), rtol=1e-12, atol=1e-12)
+    out_none, _ = m(h, _ctx([TASK_MMU, TASK_MMU], mask, {"clip": torch.randn(2, 6).double()}))
+    torch.testing.assert_close(out_none, h, rtol=1e-12, atol=1e-12)  # routed to Copy
+    assert SeqMoEConfig(clip_tokens="patches").feature_key("clip") == "clip_patches"
+    assert SeqMoEConfig().feature_key("clip") == "clip"

@@ -98,6 +98,14 @@ class SeqMoEConfig:
     expert for them; copy = the Face expert reduces to Copy (E(x) = x) for them."""
     clip_dim: int = 512
     """Width of the cached CLIP embedding."""
+    clip_tokens: Literal["pooled", "patches"] = "pooled"
+    """What the CLIP expert's resampler reads: the pooled embedding ('clip', one vector per image)
+    or the patch tokens ('clip_patches', precomputed with clip.patch_tokens=true), which every
+    sequence position cross-attends to."""
+
+    def feature_key(self, name: str) -> str:
+        """The cached-feature entry (shards, ``ctx.features``) that expert ``name`` reads."""
+        return "clip_patches" if name == "clip" and self.clip_tokens == "patches" else name
     face_dim: int = 512
     """Width of the cached face-identity embedding (InsightFace ArcFace: 512)."""
     noise_dim: int = 64
@@ -199,6 +207,9 @@ class DataConfig:
     also loses its CLIP / face features (face_found=False), keeping only the noise embedding."""
     max_qa_turns: int = 4
     """Question/answer turns packed into one MMU row (turns that do not fit text_len are dropped)."""
+    trim_padding: bool = False
+    """Cut each batch to its longest real row (T2I left pads rotated to the end; exact under
+    rotary attention, see tokens.trim_padding): compute that carries no loss is skipped."""
     num_workers: int = 0
     """DataLoader worker processes building batches (0 = in the training process)."""
     seed: int = 0

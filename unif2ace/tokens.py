@@ -197,8 +197,29 @@ def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return allowed[:, None]
 
 
-def collate(rows: list[tuple[torch.Tensor, torch.Tensor]], tasks: list[int]) -> dict[str, torch.Tensor]:
-    """Stack equal-length rows into a batch dict (input_ids, labels, task)."""
+def collate(rows: list[tuple[torch.Tensor, torch.Tensor]], tasks: list[int],
+            trim_pad_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Stack equal-length rows into a batch dict (input_ids, labels, task). With ``trim_pad_id``
+    the batch is cut to its longest real row (``trim_padding``)."""
     ids = torch.stack([r[0] for r in rows])
     labels = torch.stack([r[1] for r in rows])
+    if trim_pad_id is not None:
+        ids, labels = trim_padding(ids, labels, trim_pad_id)
     return {"input_ids": ids, "labels": labels, "task": torch.tensor(tasks, dtype=torch.long)}
+
+
+def trim_padding(ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the [PAD] columns that carry nothing: each row's leading pads (a T2I row's left
+    padding) are rotated to its end, then the columns that are [PAD] in every row are cut.
+
+    Exact for this model: pads are masked as keys and carry no loss, and rotary attention
+    depends only on the *difference* of two positions, which the rotation keeps for every pair
+    of real tokens. A T2I row of a short caption then costs its length, not ``text_len``."""
+    real = ids != pad_id
+    lead = torch.where(real.any(1), real.int().argmax(1), torch.zeros_like(real[:, 0], dtype=torch.long))
+    if bool((lead > 0).any()):
+        col = (torch.arange(ids.shape[1]).unsqueeze(0) + lead.unsqueeze(1)) % ids.shape[1]
+        ids, labels = ids.gather(1, col), labels.gather(1, col)
+        real = ids != pad_id
+    keep = int(real.any(0).nonzero().max()) + 1 if bool(real.any()) else ids.shape[1]
+    return ids[:, :keep].contiguous(), labels[:, :keep].contiguous()

@@ -155,7 +155,8 @@ class _Builder:
 
     def batch(self, start: int, b: int) -> dict:
         rows = [self.row(g) for g in self.positions(start, b)]
-        out = collate([r[0] for r in rows], [r[1] for r in rows])
+        out = collate([r[0] for r in rows], [r[1] for r in rows],
+                      trim_pad_id=self.layout.pad_id if self.data.trim_padding else None)
         out["mask_ratio"] = torch.tensor([r[2] for r in rows], dtype=torch.float32)
         out["features"] = {name: torch.from_numpy(np.stack([r[3][name] for r in rows]).astype(np.float32))
                            for name in self.src.shapes}

@@ -227,9 +227,11 @@ def check_compatible(manifest: dict, model_cfg, shard_dir: str | os.PathLike,
         shapes = manifest.get("feature_shapes", {})
         used = set(sm.und_experts) | set(sm.gen_experts)
         for name, dim in (("clip", sm.clip_dim), ("face", sm.face_dim), ("noise", sm.noise_dim)):
-            if name in used and (name not in shapes or shapes[name][-1] != dim):
-                have = shapes[name][-1] if name in shapes else "absent"
-                problems.append(f"feature {name}: shards width {have} vs model.seq_moe.{name}_dim {dim}")
+            key = sm.feature_key(name)
+            if name in used and (key not in shapes or shapes[key][-1] != dim):
+                have = shapes[key][-1] if key in shapes else "absent"
+                hint = " (precompute with --feature clip.patch_tokens=true)" if key == "clip_patches" and key not in shapes else ""
+                problems.append(f"feature {key}: shards width {have} vs model.seq_moe.{name}_dim {dim}{hint}")
     for key, want in (expect_hashes or {}).items():
         have = manifest.get("hashes", {}).get(key)
         if want and have != want:

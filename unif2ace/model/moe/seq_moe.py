@@ -78,7 +78,7 @@ class GroupedSequenceMoE(nn.Module):
         for n in names:
             if n not in FEATURE_EXPERTS:
                 ok = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
-            elif n not in features:
+            elif self.cfg.feature_key(n) not in features:
                 ok = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
             elif n == "face" and self.cfg.no_face == "mask" and "face_found" in features:
                 ok = features["face_found"].to(rows.device).bool().index_select(0, rows)
@@ -149,7 +149,7 @@ class GroupedSequenceMoE(nn.Module):
                 continue
             expert = grp.experts[str(j)]
             hs = hg.index_select(0, sel)
-            y = expert(hs, _feature(features, name, rows.index_select(0, sel), expert.feat_dim))
+            y = expert(hs, _feature(features, self.cfg.feature_key(name), rows.index_select(0, sel), expert.feat_dim))
             if name == "face" and self.cfg.no_face == "copy" and "face_found" in features:
                 found = features["face_found"].to(hg.device).bool().index_select(0, rows.index_select(0, sel))
                 y = torch.where(found.view(-1, 1, 1), y, hs)

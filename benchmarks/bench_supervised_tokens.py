@@ -1,0 +1,99 @@
+"""Supervised tokens per second of the synthface recipe: where the training compute goes.
+
+    python benchmarks/bench_supervised_tokens.py --shards runs/demo/shards
+    python benchmarks/bench_supervised_tokens.py --shards runs/demo/shards --rounds 3 --steps 8 --json runs/bench_sup.json
+
+A supervised token is one that carries loss: a masked image code of a T2I row, an answer token
+(or the final <eot>) of an MMU row. Two data settings train the same model (the recipe as given,
+plain torch forward + backward + AdamW, one process) on the same shards:
+
+  before  data.max_qa_turns=4, data.trim_padding=false   every row padded to the full length,
+                                                          4 of a face's QA pairs per VQA row
+  after   data.max_qa_turns=12, data.trim_padding=true    a face's QA pairs share its row, batches
+                                                          cut to their longest real row (the recipe)
+
+Settings alternate in rounds so background load hits both alike; the table gives the median
+tokens/s (all positions computed) and supervised tokens/s of each, and their ratio. One run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from unif2ace.config import load_config  # noqa: E402
+from unif2ace.data.loader import ShardLoader  # noqa: E402
+from unif2ace.losses import total_loss  # noqa: E402
+from unif2ace.model.unif2ace import UniF2ace  # noqa: E402
+from unif2ace.tokens import IGNORE  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import report  # noqa: E402
+
+SETTINGS = {"before": ["data.max_qa_turns=4", "data.trim_padding=false"],
+            "after": ["data.max_qa_turns=12", "data.trim_padding=true"]}
+
+
+def supervised(batch: dict) -> int:
+    return int((batch["labels"] != IGNORE).sum())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", required=True, help="precomputed shards of the recipe (e.g. runs/demo/shards)")
+    ap.add_argument("--recipe", default="synthface")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per setting per round")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for both settings")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs = {}
+    for name, extra in SETTINGS.items():
+        cfg = load_config(args.recipe, [f"data.shards={args.shards}", *extra, *args.overrides])
+        torch.manual_seed(cfg.train.seed)
+        model = UniF2ace(cfg.model).train()
+        runs[name] = {"cfg": cfg, "model": model, "opt": torch.optim.AdamW(model.parameters(), lr=cfg.train.lr),
+                      "it": iter(ShardLoader(cfg.data, cfg.model, 0, 1, cfg.train.micro_batch, loss_cfg=cfg.loss)),
+                      "tok": [], "sup": []}
+
+    def step(r) -> tuple[int, int, float]:
+        b = next(r["it"])
+        t = time.perf_counter()
+        out = r["model"](b["input_ids"], b["task"], features=b["features"])
+        loss, _ = total_loss(out, b, r["model"].layout, r["cfg"].loss)
+        r["opt"].zero_grad(set_to_none=True)
+        loss.backward()
+        r["opt"].step()
+        return b["input_ids"].numel(), supervised(b), time.perf_counter() - t
+
+    for r in runs.values():
+        step(r)  # warm-up
+    for _ in range(args.rounds):
+        for r in runs.values():
+            tok = sup = 0
+            secs = 0.0
+            for _ in range(args.steps):
+                a, s, dt = step(r)
+                tok, sup, secs = tok + a, sup + s, secs + dt
+            r["tok"].append(tok / secs)
+            r["sup"].append(sup / secs)
+    res: dict = {"recipe": args.recipe, "micro_batch": runs["after"]["cfg"].train.micro_batch,
+                 "rounds x steps": f"{args.rounds} x {args.steps}"}
+    for name, r in runs.items():
+        res[f"{name}: tokens/s"] = statistics.median(r["tok"])
+        res[f"{name}: supervised tokens/s"] = statistics.median(r["sup"])
+    res["after / before, supervised tokens/s"] = res["after: supervised tokens/s"] / res["before: supervised tokens/s"]
+    report(res, args.json, digits=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
