@@ -12,7 +12,7 @@ model was trained to see. The evaluation itself is ``unif2ace.eval.evaluate.eval
 (re-exported here), which only sees two callables:
 
     from unif2ace.eval.evaluate import EvalConfig, evaluate
-    generate_fn, answer_fn = model_callables("runs/synthface/model")   # defined in this file
+    generate_fn, answer_fn, decode_fn = model_callables("runs/synthface/model")   # defined in this file
     evaluate(EvalConfig(data=..., classifier=..., out=...), generate_fn, answer_fn)
 """
 from __future__ import annotations
@@ -24,19 +24,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unif2ace.eval.evaluate import AnswerFn, EvalConfig, GenerateFn, evaluate  # noqa: E402
+from unif2ace.eval.evaluate import AnswerFn, DecodeFn, EvalConfig, GenerateFn, evaluate  # noqa: E402
 
 __all__ = ["evaluate", "EvalConfig", "model_callables", "main"]
 
 
 def model_callables(checkpoint: str, shards: str | None = None, device: str = "cpu",
-                    seed: int | None = None) -> tuple[GenerateFn, AnswerFn]:
-    """(generate_fn, answer_fn) for ``evaluate`` from a checkpoint and its shards.
+                    seed: int | None = None) -> tuple[GenerateFn, AnswerFn, DecodeFn]:
+    """(generate_fn, answer_fn, decode_fn) for ``evaluate`` from a checkpoint and its shards.
 
     ``answer_fn`` looks each face id up in the shards (image codes + cached CLIP / face / noise
     features) and decodes greedily with the KV cache; ``generate_fn`` runs MaskGIT sampling with
     the checkpoint's ``sample`` settings, one seeded generator across calls (``seed`` defaults to
-    ``sample.seed``), and decodes the codes with the image tokenizer.
+    ``sample.seed``), and decodes the codes with the image tokenizer; ``decode_fn`` decodes faces
+    from their own shard codes (what the image tokenizer lets any generator reach).
     """
     import numpy as np
     import torch
@@ -73,7 +74,11 @@ def model_callables(checkpoint: str, shards: str | None = None, device: str = "c
         codes = generate_codes(model, [assets.text.encode(p) for p in prompts], cfg.sample, generator=gen)
         return codes_to_pil(assets.image_tokenizer, codes)
 
-    return generate_fn, answer_fn
+    def decode_fn(ids: list[str]) -> list:
+        codes = torch.from_numpy(np.stack([where[i][0].codes[where[i][1]] for i in ids]).astype(np.int64))
+        return codes_to_pil(assets.image_tokenizer, codes)
+
+    return generate_fn, answer_fn, decode_fn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                      num_understanding=a.num_understanding, num_generation=a.num_generation,
                      batch_size=a.batch_size, fid_real=a.fid_real, inception_weights=a.inception_weights,
                      checkpoint=a.checkpoint)
-    generate_fn, answer_fn = model_callables(a.checkpoint, a.shards, a.device, a.seed)
-    m = evaluate(cfg, None if a.skip_generation else generate_fn, None if a.skip_understanding else answer_fn)
+    generate_fn, answer_fn, decode_fn = model_callables(a.checkpoint, a.shards, a.device, a.seed)
+    m = evaluate(cfg, None if a.skip_generation else generate_fn, None if a.skip_understanding else answer_fn,
+                 decode_fn)
     summary = {"vqa_accuracy": m.get("understanding", {}).get("vqa", {}).get("overall", {}).get("accuracy"),
                "caption_recall": m.get("understanding", {}).get("caption", {}).get("recall"),
                "caption_precision": m.get("understanding", {}).get("caption", {}).get("precision"),
                "generation_attribute_accuracy": m.get("generation", {}).get("attributes", {}).get("overall"),
+               "decoded_attribute_accuracy": m.get("generation", {}).get("decoded_reference", {}).get("overall"),
                "synthface_fid": m.get("generation", {}).get("synthface_fid", {}).get("value"),
                "report": str(Path(a.out) / "report.md")}
     print(json.dumps(summary, indent=1))

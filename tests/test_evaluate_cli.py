@@ -56,6 +56,7 @@ def test_cli_writes_metrics_and_report(setup, tmp_path, capsys):
     assert all(isinstance(e["prediction"], str) for e in m["understanding"]["examples"])
     gen = m["generation"]
     assert gen["synthface_fid"]["n_generated"] == 3 and gen["synthface_fid"]["n_real"] == 4
+    assert gen["decoded_reference"]["n"] == gen["real_reference"]["n"] > 0  # faces decoded from their own codes
     assert len(list((out / "generated").glob("*.png"))) == 3
     assert (out / "report.md").read_text().startswith("# UniF²ace evaluation report")
     assert json.loads(capsys.readouterr().out)["report"] == str(out / "report.md")
@@ -63,6 +64,6 @@ def test_cli_writes_metrics_and_report(setup, tmp_path, capsys):
 
 def test_unknown_face_id_is_named(setup):
     root, _ = setup
-    _, answer_fn = _launcher().model_callables(str(root / "model"))
+    _, answer_fn, _ = _launcher().model_callables(str(root / "model"))
     with pytest.raises(KeyError, match="not-a-face"):
         answer_fn(["not-a-face"], ["What colour is the hair?"])

@@ -34,6 +34,8 @@ from unif2ace.eval import metrics as M
 
 GenerateFn = Callable[[list[str]], list[Image.Image]]
 AnswerFn = Callable[[list[str], list[str]], list[str]]
+DecodeFn = Callable[[list[str]], list[Image.Image]]
+"""Face ids → those faces decoded from their own image codes (the image tokenizer's ceiling)."""
 
 
 @dataclass
@@ -170,7 +172,7 @@ def _fid_entry(metric, real: list[Image.Image], fake: list[Image.Image]) -> dict
 
 
 def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: dict, out: Path,
-                notes: list[str]) -> dict:
+                notes: list[str], decode_fn: DecodeFn | None = None) -> dict:
     from unif2ace.data.synthface import attributes_in_text
     from unif2ace.eval.attribute_classifier import AttributeClassifier
     from unif2ace.eval.fid import inception_fid, synthface_fid
@@ -189,6 +191,9 @@ def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: d
     real_faces = [_open(r.image) for r in recs]
     res = {"attributes": M.generation_attribute_scores(prompted, judged, num_values),
            "real_reference": M.generation_attribute_scores(prompted, clf.predict(real_faces), num_values)}
+    if decode_fn is not None:  # what the codes can carry at all: no generator can beat its tokenizer
+        decoded = [im.convert("RGB") for im in decode_fn([r.id for r in recs])]
+        res["decoded_reference"] = M.generation_attribute_scores(prompted, clf.predict(decoded), num_values)
     # FID compares like with like: every face at the classifier's input size.
     real_all = records[: cfg.fid_real] if cfg.fid_real else records
     real = [_open(r.image).resize((size, size), Image.BICUBIC) for r in real_all]
@@ -216,7 +221,8 @@ def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: d
     return res
 
 
-def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, answer_fn: AnswerFn | None = None) -> dict:
+def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, answer_fn: AnswerFn | None = None,
+             decode_fn: DecodeFn | None = None) -> dict:
     """Run the enabled halves, write ``metrics.json`` + ``report.md`` (+ grids) into ``cfg.out``."""
     from unif2ace.data.shards import atomic_write_text
     from unif2ace.data.sources import SourceConfig, load_records
@@ -244,7 +250,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, answer_fn: 
         metrics["understanding"] = _understanding(cfg, records, answer_fn, num_values, out)
         images["answers"] = "answers.png"
     if generate_fn is not None:
-        metrics["generation"] = _generation(cfg, records, generate_fn, num_values, out, notes)
+        metrics["generation"] = _generation(cfg, records, generate_fn, num_values, out, notes, decode_fn)
         images["generation"] = "generation.png"
     if cfg.classifier:
         tm = Path(cfg.classifier) / "test_metrics.json"

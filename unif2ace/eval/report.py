@@ -115,6 +115,11 @@ def _summary(m: dict) -> list[str]:
         a, ref = g["attributes"], g.get("real_reference", {})
         rows.append(f"| generated faces carrying their prompted attributes ({a['n']} pairs) | **{_f(a['overall'])}** | "
                     f"real test faces {_f(ref.get('overall'))} (the classifier's ceiling) |")
+        if "decoded_reference" in g:
+            d = g["decoded_reference"]
+            rows.append(f"| the same real faces decoded from their own image codes | {_f(d['overall'])} | "
+                        f"mean over categories {_f(d['mean_over_categories'])} vs real "
+                        f"{_f(ref.get('mean_over_categories'))} (the image tokenizer's ceiling) |")
     for key, name in (("synthface_fid", "SynthFace-FID (classifier features)"), ("inception_fid", "FID (Inception)")):
         if key in g:
             f = g[key]
