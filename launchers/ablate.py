@@ -4,17 +4,16 @@
     python launchers/ablate.py --from runs/demo               # → runs/ablations/report.md
     python launchers/ablate.py --from runs/demo --steps 800 --only mask_only,d3diff_a0.01
 
-Every variant of ``unif2ace/recipes/ablations/tables4_5.yaml`` (mask-only vs D3Diff with
-α = 0.1 / 0.01 / 0.001; token-level MoE on/off; sequence-level MoE on/off) trains the synthface
-recipe on the demo's shards with the same seed, data order and number of steps (``deepspeed``,
-ZeRO-3, 2 CPU processes), is evaluated by ``launchers/evaluate.py`` against the demo's attribute
-classifier on the same test faces, and lands in one table: generation (attribute accuracy,
-SynthFace-FID) and understanding (VQA accuracy, caption attribute recall) with each variant's
-difference from the reference (D3Diff α = 0.01, no MoE) and whether it points the way the paper
-reports. A finished step is skipped on re-run (``OUT/.done-*``), so an interrupted run resumes.
-
-At a few hundred CPU steps the differences are small against run-to-run noise; the report says
-so and gives the seed-to-seed spread when ``--seeds`` > 1.
+Every variant of ``unif2ace/recipes/ablations/tables4_5.yaml`` (the reference UniF²ace recipe;
+mask-only and D3Diff α = 0.1 / 0.001; without the token MoE, without the sequence MoE, dense)
+trains the synthface recipe on the demo's shards with the same data order and number of steps
+(``deepspeed``, ZeRO-3, 2 CPU processes) for each of ``--seeds`` seeds (default 3), is evaluated by
+``launchers/evaluate.py`` against the demo's attribute classifier on the same test faces, and
+lands in one table: generation (attribute accuracy, SynthFace-FID) and understanding (VQA
+accuracy, caption attribute recall) as mean ± standard deviation over seeds, each variant's
+difference from the reference, and whether it points the way the paper reports. A difference
+under two standard deviations (pooled over the two runs' seeds) is "within noise" and casts no
+vote. A finished step is skipped on re-run (``OUT/.done-*``), so an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -32,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo import cpu_env, deepspeed_launch, run_step  # noqa: E402  (sibling launcher: one step runner for both)
 
 DEFAULT_VARIANTS = ROOT / "unif2ace" / "recipes" / "ablations" / "tables4_5.yaml"
-REFERENCE = "d3diff_a0.01"
+REFERENCE = "unif2ace"
+NOISE_SIGMAS = 2.0
 
 # metric name → (path in metrics.json, higher is better, format)
 METRICS = {
@@ -41,16 +41,16 @@ METRICS = {
     "vqa_acc": (("understanding", "vqa", "overall", "accuracy"), True, "{:.3f}"),
     "caption_recall": (("understanding", "caption", "recall"), True, "{:.3f}"),
 }
-# What the paper reports for each variant relative to the reference (D3Diff α = 0.01, the
-# paper's best loss; its full model has both MoEs): +1 = the variant should score better,
-# -1 = worse, on the metrics listed.
+# What the paper reports for each variant relative to the reference (UniF²ace: both MoEs, D3Diff
+# α = 0.01, the paper's best loss): +1 = the variant should score better, -1 = worse, on the
+# metrics listed.
 PAPER_DIRECTION = {
-    "mask_only": (-1, ("gen_attr_acc", "synthface_fid")),        # Table 5 of the brief: FID 77.46 vs 66.01
+    "mask_only": (-1, ("gen_attr_acc", "synthface_fid")),        # Table 4: FID 77.46 vs 66.01
     "d3diff_a0.1": (-1, ("gen_attr_acc", "synthface_fid")),
     "d3diff_a0.001": (-1, ("gen_attr_acc", "synthface_fid")),
-    "token_moe": (+1, ("gen_attr_acc", "synthface_fid", "vqa_acc", "caption_recall")),
-    "seq_moe": (+1, ("gen_attr_acc", "synthface_fid", "vqa_acc", "caption_recall")),
-    "token_and_seq_moe": (+1, ("gen_attr_acc", "synthface_fid", "vqa_acc", "caption_recall")),
+    "no_token_moe": (-1, ("gen_attr_acc", "synthface_fid", "vqa_acc", "caption_recall")),
+    "no_seq_moe": (-1, ("gen_attr_acc", "synthface_fid", "vqa_acc", "caption_recall")),
+    "dense": (-1, ("gen_attr_acc", "synthface_fid", "vqa_acc", "caption_recall")),
 }
 
 
@@ -58,7 +58,8 @@ class AblationError(RuntimeError):
     pass
 
 
-def read_variants(path: Path) -> tuple[str, dict[str, dict]]:
+def read_variants(path: Path) -> tuple[str, dict[str, dict], str]:
+    """(base recipe, variants, reference variant) of a variants YAML."""
     try:
         spec = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -68,7 +69,10 @@ def read_variants(path: Path) -> tuple[str, dict[str, dict]]:
     for name, v in spec["variants"].items():
         if not isinstance(v, dict) or not isinstance(v.get("overrides", []), list):
             raise AblationError(f"{path}: variant {name!r} needs 'overrides: [key=value, ...]'")
-    return spec["base"], spec["variants"]
+    reference = spec.get("reference", REFERENCE)
+    if reference not in spec["variants"]:
+        raise AblationError(f"{path}: reference {reference!r} is not one of its variants {list(spec['variants'])}")
+    return spec["base"], spec["variants"], reference
 
 
 def _get(d: dict, path: tuple[str, ...]):
@@ -108,32 +112,58 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def direction_holds(name: str, res: dict) -> str:
-    """'yes' / 'no' / 'mixed' / '' — does the variant move against the reference as the paper says?"""
-    if name not in PAPER_DIRECTION or REFERENCE not in res:
+def _sd(xs: list[float]) -> float | None:
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def within_noise(a: list[float], b: list[float]) -> bool | None:
+    """Is the difference of the means under NOISE_SIGMAS pooled standard deviations? None when
+    either side has a single seed (no spread to compare with)."""
+    sa, sb = _sd(a), _sd(b)
+    if sa is None or sb is None:
+        return None
+    pooled = ((sa * sa + sb * sb) / 2) ** 0.5
+    return abs(_mean(a) - _mean(b)) < NOISE_SIGMAS * pooled
+
+
+def direction_holds(name: str, res: dict, reference: str = REFERENCE) -> str:
+    """Does the variant move against the reference as the paper says? 'yes' / 'no' / 'k/n' over the
+    metrics whose difference is outside the noise; 'within noise' when none is; '(1 seed)' marks a
+    verdict without a spread to judge the noise by."""
+    if name not in PAPER_DIRECTION or reference not in res or name == reference:
         return ""
     sign, keys = PAPER_DIRECTION[name]
-    votes = []
+    votes, quiet, unknown = [], 0, False
     for k in keys:
-        a, b = _mean(res[name][k]), _mean(res[REFERENCE][k])
-        if a is None or b is None:
+        a, b = res[name][k], res[reference][k]
+        if not a or not b:
             continue
-        better = (a > b) if METRICS[k][1] else (a < b)
+        noise = within_noise(a, b)
+        if noise:
+            quiet += 1
+            continue
+        unknown |= noise is None
+        better = (_mean(a) > _mean(b)) if METRICS[k][1] else (_mean(a) < _mean(b))
         votes.append(better == (sign > 0))
     if not votes:
-        return ""
-    return "yes" if all(votes) else "no" if not any(votes) else f"{sum(votes)}/{len(votes)}"
+        return "within noise" if quiet else ""
+    verdict = "yes" if all(votes) else "no" if not any(votes) else f"{sum(votes)}/{len(votes)}"
+    if quiet:
+        verdict += f" ({quiet} within noise)"
+    return verdict + (" (1 seed)" if unknown else "")
 
 
-def report(res: dict, variants: dict, base: str, steps: int, procs: int, seeds: list[int], minutes: float) -> str:
+def report(res: dict, variants: dict, base: str, steps: int, procs: int, seeds: list[int], minutes: float,
+           reference: str = REFERENCE) -> str:
     cols = list(METRICS) + ["final_loss"]
     head = ["variant", "table", "change"] + cols + ["paper's direction holds"]
     lines = ["# Ablations (paper Tables 4-5) at SynthFace scale", "",
              f"Each variant: {base} recipe, {steps} steps × {procs} rank(s), same data order; seeds {seeds}; "
-             f"{minutes:.1f} min in this invocation. Reference: `{REFERENCE}` (D3Diff α = 0.01, dense FFN, "
-             f"no sequence MoE). Metrics from `launchers/evaluate.py` on the same test faces; Δ is against "
-             f"the reference; FID lower is better. `final_loss` is the mean total training loss over the last "
-             f"20 steps (not comparable across α: the objective changes).", "",
+             f"{minutes:.1f} min in this invocation. Reference: `{reference}` (UniF²ace: grouped token MoE, "
+             f"grouped sequence MoE, D3Diff α = 0.01). Cells are mean ± standard deviation over seeds; metrics "
+             f"from `launchers/evaluate.py` on the same test faces; Δ is against the reference; FID lower is "
+             f"better. `final_loss` is the mean total training loss over the last 20 steps (not comparable "
+             f"across α: the objective changes).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in variants.items():
         if name not in res:
@@ -148,14 +178,15 @@ def report(res: dict, variants: dict, base: str, steps: int, procs: int, seeds: 
             cell = fmt.format(_mean(xs))
             if len(xs) > 1:
                 cell += " ± " + fmt.format(statistics.stdev(xs))
-            if name != REFERENCE and REFERENCE in res and res[REFERENCE][c] and c in METRICS:
-                cell += f" ({_mean(xs) - _mean(res[REFERENCE][c]):+.3f})"
+            if name != reference and reference in res and res[reference][c] and c in METRICS:
+                cell += f" ({_mean(xs) - _mean(res[reference][c]):+.3f})"
             cells.append(cell)
-        cells.append(direction_holds(name, res))
+        cells.append(direction_holds(name, res, reference))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Paper: D3Diff with α = 0.01 beats mask-only (FID 77.46 → 66.01) and α = 0.1 / 0.001; each MoE "
-              "improves generation and understanding. \"yes\" = every listed metric moved the paper's way, "
-              "\"no\" = none did, k/n = k of n.", ""]
+              "improves generation and understanding. \"yes\" = every listed metric outside the noise moved the "
+              f"paper's way, \"no\" = none did, k/n = k of n; a difference under {NOISE_SIGMAS:g} pooled standard "
+              "deviations of the seeds is \"within noise\" and casts no vote.", ""]
     return "\n".join(lines)
 
 
@@ -167,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=str(DEFAULT_VARIANTS), help="variants YAML (base recipe + overrides)")
     ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     ap.add_argument("--steps", type=int, default=300, help="training steps per variant (the same for all)")
-    ap.add_argument("--seeds", type=int, default=1, help="train each variant with this many seeds (0, 1, ...)")
+    ap.add_argument("--seeds", type=int, default=3, help="train each variant with this many seeds (0, 1, ...)")
     ap.add_argument("--procs", type=int, default=2, help="training processes")
     ap.add_argument("--num-eval", type=int, default=48, help="test faces / prompts per evaluation")
     ap.add_argument("--ds-config", default="ds_configs/zero3.json")
@@ -181,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"[ablate] {p} is missing: run `python launchers/demo.py --out {args.src}` first "
                              f"(or point --from at a finished demo directory)")
     try:
-        base, variants = read_variants(Path(args.variants))
+        base, variants, reference = read_variants(Path(args.variants))
     except AblationError as e:
         raise SystemExit(f"[ablate] {e}") from None
     names = [n for n in args.only.split(",") if n] or list(variants)
@@ -213,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     res = collect(out, names, seeds)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     text = report(res, {n: variants[n] for n in names}, base, args.steps, args.procs, seeds,
-                  (time.time() - t0) / 60)
+                  (time.time() - t0) / 60, reference)
     (out / "report.md").write_text(text)
     print(text)
     print(f"[ablate] report: {out / 'report.md'}")

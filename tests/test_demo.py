@@ -1,12 +1,13 @@
-"""README command 1 (launchers/demo.py), shrunk: every step runs through the real tools, the
-report is written, and a re-run resumes by skipping finished steps."""
+"""README command 1 (launchers/demo.py), shrunk: every step runs through the real tools (the
+encoders retrained too), the report is written, and a re-run resumes by skipping finished steps."""
 import json
 import subprocess
 import sys
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-SMALL = ["--num-images", "80", "--tokenizer-steps", "5", "--classifier-steps", "5", "--procs", "1",
-         "--num-eval", "4", "train.steps=3", "train.warmup_steps=1", "train.save_every=0"]
+SMALL = ["--num-images", "80", "--num-heldout", "24", "--retrain-encoders", "--tokenizer-steps", "5", "--clip-steps", "5",
+         "--face-steps", "5", "--classifier-steps", "5", "--procs", "1", "--num-eval", "4", "train.steps=3",
+         "train.warmup_steps=1", "train.save_every=0"]
 
 
 def test_demo_end_to_end_and_resume(tmp_path):
@@ -14,13 +15,22 @@ def test_demo_end_to_end_and_resume(tmp_path):
     r = subprocess.run([sys.executable, "launchers/demo.py", "--out", str(out), *SMALL], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    steps = ["synthface", "text_tokenizer", "image_tokenizer", "precompute", "train", "classifier", "convert",
-             "evaluate"]
-    assert list(json.loads((out / "timings.json").read_text())) == steps
+    steps = ["synthface", "synthface_unseen", "text_tokenizer", "image_tokenizer", "clip", "face", "precompute",
+             "precompute_unseen", "classifier", "train", "convert", "evaluate", "evaluate_unseen"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert sorted(timings["steps"]) == sorted(steps)
+    assert list(timings["stages"]) == ["data", "text_tokenizer", "encoders", "prepare", "train", "convert", "evaluate"]
     report = (out / "report.md").read_text()
-    assert "## Summary" in report and "VQA exact-match accuracy" in report
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert metrics["understanding"] and metrics["generation"]
+    assert report.count("VQA exact-match accuracy") == 2 and "unseen SynthFace seed" in report
+    assert "Sequence-level MoE routing" in report and "understanding (MMU)" in report
+    for ev in ("eval", "eval_unseen"):
+        metrics = json.loads((out / ev / "metrics.json").read_text())
+        assert metrics["understanding"] and metrics["generation"]
+    manifest = json.loads((out / "shards_unseen" / "manifest.json").read_text())
+    assert manifest["feature_shapes"]["clip_patches"] == [64, 128]  # the run's own CLIP, patch tokens
+    unseen_ids = {json.loads(x)["id"] for x in (out / "data_unseen" / "metadata.jsonl").read_text().splitlines()}
+    seen_ids = {json.loads(x)["id"] for x in (out / "data" / "metadata.jsonl").read_text().splitlines()}
+    assert unseen_ids and not unseen_ids & seen_ids
     assert (out / "model" / "model.safetensors").is_file() and (out / "eval" / "generation.png").is_file()
     again = subprocess.run([sys.executable, "launchers/demo.py", "--out", str(out), *SMALL], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
@@ -28,10 +38,11 @@ def test_demo_end_to_end_and_resume(tmp_path):
     assert again.stdout.count("done before, skipped") == len(steps)
 
     # the ablation command (paper Tables 4-5) on the same demo directory, shrunk to 2 steps
-    variants = ["d3diff_a0.01", "mask_only", "token_and_seq_moe"]
+    variants = ["unif2ace", "mask_only", "dense"]
     abl = tmp_path / "ablations"
     r = subprocess.run([sys.executable, "launchers/ablate.py", "--from", str(out), "--out", str(abl), "--steps", "2",
-                        "--procs", "1", "--num-eval", "4", "--only", ",".join(variants), "train.warmup_steps=1"],
+                        "--procs", "1", "--seeds", "1", "--num-eval", "4", "--only", ",".join(variants),
+                        "train.warmup_steps=1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     table = [line for line in (abl / "report.md").read_text().splitlines() if line.startswith("| `")]
@@ -43,11 +54,11 @@ def test_demo_end_to_end_and_resume(tmp_path):
         assert cells[5].startswith(f"{m['understanding']['vqa']['overall']['accuracy']:.3f}")
         rows = [json.loads(x) for x in (abl / name / "train" / "metrics.jsonl").read_text().splitlines()]
         assert [x["step"] for x in rows if "event" not in x] == [1, 2]
-    ref = json.loads((abl / "d3diff_a0.01" / "eval" / "metrics.json").read_text())
+    ref = json.loads((abl / "unif2ace" / "eval" / "metrics.json").read_text())
     mo = json.loads((abl / "mask_only" / "eval" / "metrics.json").read_text())
     delta = mo["generation"]["attributes"]["overall"] - ref["generation"]["attributes"]["overall"]
     assert f"({delta:+.3f})" in table[1]
     cfg = json.loads((abl / "mask_only" / "train" / "final" / "config.json").read_text())
-    assert cfg["loss"]["alpha"] == 0.0 and cfg["model"]["moe"]["enabled"] is False
-    cfg = json.loads((abl / "token_and_seq_moe" / "train" / "final" / "config.json").read_text())
-    assert cfg["model"]["moe"]["enabled"] and cfg["model"]["seq_moe"]["enabled"] and cfg["loss"]["alpha"] == 0.01
+    assert cfg["loss"]["alpha"] == 0.0 and cfg["model"]["moe"]["enabled"] and cfg["model"]["seq_moe"]["enabled"]
+    cfg = json.loads((abl / "dense" / "train" / "final" / "config.json").read_text())
+    assert not cfg["model"]["moe"]["enabled"] and not cfg["model"]["seq_moe"]["enabled"] and cfg["loss"]["alpha"] == 0.01
