@@ -43,6 +43,14 @@ from unif2ace.features.config import FaceConfig
 log = logging.getLogger(__name__)
 
 
+def resize_aligned(image: np.ndarray, size: int) -> np.ndarray:
+    """``face.mode=aligned``'s crop: the whole HWC uint8 image resized to size² (cv2 INTER_AREA when
+    shrinking, INTER_LINEAR when enlarging). Per channel, so BGR and RGB give the same pixels; the
+    recogniser trainer (face_training) feeds its network exactly these crops."""
+    shrink = min(image.shape[:2]) > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 class FaceEncoder:
     """SCRFD + ArcFace (or ArcFace alone on aligned crops); ``fallback='none'`` → no models at all."""
 
@@ -162,8 +170,7 @@ class FaceEncoder:
         bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         size = self.rec.input_size[0]
         if self.cfg.mode == "aligned":
-            shrink = min(bgr.shape[:2]) > size
-            return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            return resize_aligned(bgr, size)
         boxes, kpss = self.det.detect(bgr, max_num=1)
         if boxes.shape[0] == 0:
             return None
