@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a face-identity recogniser on SynthFace (ArcFace loss) and export it as insightface ONNX.
 
-    python tools/train_face_recognizer.py --data data/synthface --out runs/face_rec [--steps 300]
+    python tools/train_face_recognizer.py --data data/synthface --out runs/face_rec [--steps 400]
 
 Each train-split identity is a class; held-out people (val/test splits) measure pair
 verification (threshold chosen on val, accuracy and ROC AUC reported on test). Writes

@@ -15,7 +15,8 @@ Two modes (``face.mode``):
   detector; the whole image is resized to the recogniser's input (112², cv2 INTER_AREA when
   shrinking, INTER_LINEAR when enlarging) and embedded; every image counts as a face. ArcFace
   models are trained on 5-point-aligned crops, so with real ArcFace weights this mode suits only
-  crops framed like that; for SynthFace it gives consistent, identity-bearing vectors.
+  crops framed like that; for SynthFace it gives consistent, identity-bearing vectors, and
+  ``tools/train_face_recognizer.py`` trains a recogniser for exactly these crops.
 
 Models are loaded with ``insightface.model_zoo.get_model(path)``, which routes by ONNX shape:
 ≥ 5 outputs → SCRFD (9 or 15 outputs carry the keypoints alignment needs); a square input
