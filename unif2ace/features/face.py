@@ -15,7 +15,8 @@ Two modes (``face.mode``):
   detector; the whole image is resized to the recogniser's input (112², cv2 INTER_AREA when
   shrinking, INTER_LINEAR when enlarging) and embedded; every image counts as a face. ArcFace
   models are trained on 5-point-aligned crops, so with real ArcFace weights this mode suits only
-  crops framed like that; for SynthFace it gives consistent, identity-bearing vectors.
+  crops framed like that; for SynthFace it gives consistent, identity-bearing vectors, and
+  ``tools/train_face_recognizer.py`` trains a recogniser for exactly these crops.
 
 Models are loaded with ``insightface.model_zoo.get_model(path)``, which routes by ONNX shape:
 ≥ 5 outputs → SCRFD (9 or 15 outputs carry the keypoints alignment needs); a square input
@@ -41,6 +42,14 @@ from unif2ace.features.checksum import file_sha256
 from unif2ace.features.config import FaceConfig
 
 log = logging.getLogger(__name__)
+
+
+def resize_aligned(image: np.ndarray, size: int) -> np.ndarray:
+    """``face.mode=aligned``'s crop: the whole HWC uint8 image resized to size² (cv2 INTER_AREA when
+    shrinking, INTER_LINEAR when enlarging). Per channel, so BGR and RGB give the same pixels; the
+    recogniser trainer (face_training) feeds its network exactly these crops."""
+    shrink = min(image.shape[:2]) > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 class FaceEncoder:
@@ -162,8 +171,7 @@ class FaceEncoder:
         bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         size = self.rec.input_size[0]
         if self.cfg.mode == "aligned":
-            shrink = min(bgr.shape[:2]) > size
-            return cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            return resize_aligned(bgr, size)
         boxes, kpss = self.det.detect(bgr, max_num=1)
         if boxes.shape[0] == 0:
             return None
