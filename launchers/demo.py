@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             ("clip", [py, "tools/train_clip.py", "--data", str(data), "--text-tokenizer", str(p["spm"]),
                       "--out", str(p["clip"]), "--steps", str(args.clip_steps), "--threads", "1", "--no-progress"], env1),
             ("face", [py, "tools/train_face_recognizer.py", "--data", str(data), "--out", str(p["face"]),
-                      "--steps", str(args.face_steps), "--threads", "1"], env1)], out, timings)
+                      "--steps", str(args.face_steps), "--batch-size", "128", "--threads", "1", "--no-progress"], env1)],
+                  out, timings)
     else:
         enc = Path(args.encoders)
         missing = [str(v) for v in encoder_paths(enc).values() if not v.exists()]

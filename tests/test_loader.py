@@ -168,7 +168,9 @@ def test_rows_are_the_builders_output(data):
                     assert s["qa_question_ids"]  # samples without QA never become VQA rows
                     turns = list(zip(s["qa_question_ids"], s["qa_answer_ids"]))
                     ans = [a for q, a in turns]
-                    got = [answer[i:i + 2] for i in range(0, len(answer), 2)]
+                    sup = b["labels"][r][b["labels"][r] != IGNORE].tolist()  # a1 <eot> a2 <eot> …
+                    assert sup[2::3] == [layout.eos_id] * (len(sup) // 3) and len(sup) % 3 == 0
+                    got = [sup[i:i + 2] for i in range(0, len(sup), 3)]
                     assert sorted(got) == sorted(ans)  # every turn, in a sample-seeded order
                     want = build_mmu(layout, codes, [turns[ans.index(g)] for g in got], 32)
                 assert torch.equal(ids, want[0]) and torch.equal(b["labels"][r], want[1])

@@ -35,8 +35,9 @@ def test_mmu_row_format_and_labels():
     codes = torch.tensor([0, 1])
     ids, labels = build_mmu(L, codes, [([20, 21], [30]), ([22], [31, 32])], text_len=10)
     o = L.image_offset
-    assert ids.tolist() == [L.mmu, L.soi, o, o + 1, L.eoi, 1, 20, 21, 30, 22, 31, 32, 2, 100, 100]
-    assert labels.tolist() == [IGNORE] * 8 + [30, IGNORE, 31, 32, 2, IGNORE, IGNORE]
+    # every answer is closed by <eot> (2), which is supervised: the decoder learns where answers end
+    assert ids.tolist() == [L.mmu, L.soi, o, o + 1, L.eoi, 1, 20, 21, 30, 2, 22, 31, 32, 2, 100]
+    assert labels.tolist() == [IGNORE] * 8 + [30, 2, IGNORE, 31, 32, 2, IGNORE]
     # rows of both tasks have the same length → they mix in one batch
     t2i, _ = build_t2i(L, [5], codes, torch.tensor([True, True]), 10)
     assert len(t2i) == len(ids)

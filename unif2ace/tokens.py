@@ -140,23 +140,24 @@ def build_t2i(layout: TokenLayout, prompt: Sequence[int], codes: torch.Tensor, m
 
 def build_mmu(layout: TokenLayout, codes: torch.Tensor, turns: Sequence[tuple[Sequence[int], Sequence[int]]],
               text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MMU row: the image, then (question, answer) turns. Labels are the *next* token
-    (shift applied by the loss) only on answer tokens and the final <eot>. Turns that do not
-    fit in ``text_len`` are dropped whole; at least the first turn is kept (answer truncated).
+    """One MMU row: the image, then (question, answer) turns, each answer closed by <eot>:
+    ``<sot> q1 a1 <eot> q2 a2 <eot> …``. Labels are the *next* token (shift applied by the loss)
+    only on answer tokens and their <eot>, so every turn teaches where an answer ends — the
+    decoder stops at <eot>, and a single-turn row is exactly Show-o's ``<sot> q a <eot>``. Turns
+    that do not fit in ``text_len`` are dropped whole; at least the first turn is kept (answer
+    truncated).
     """
     text = [layout.bos_id]
     lab = [IGNORE]
     for i, (q, a) in enumerate(turns):
-        need = len(q) + len(a)
-        if len(text) + need + 1 > text_len:
+        need = len(q) + len(a) + 1
+        if len(text) + need > text_len:
             if i > 0:
                 break
             q = list(q)[: max(0, text_len - 2 - 1)]
             a = list(a)[: max(0, text_len - 2 - len(q))]
-        text += list(q) + list(a)
-        lab += [IGNORE] * len(q) + list(a)
-    text.append(layout.eos_id)
-    lab.append(layout.eos_id)
+        text += list(q) + list(a) + [layout.eos_id]
+        lab += [IGNORE] * len(q) + list(a) + [layout.eos_id]
     pads = text_len - len(text)
     head = torch.tensor([layout.mmu, layout.soi], dtype=torch.long)
     img = layout.codes_to_ids(codes)
