@@ -13,7 +13,9 @@ plain torch forward + backward + AdamW, one process) on the same shards:
                                                           cut to their longest real row (the recipe)
 
 Settings alternate in rounds so background load hits both alike; the table gives the median
-tokens/s (all positions computed) and supervised tokens/s of each, and their ratio. One run.
+tokens/s (all positions computed), supervised tokens/s, and supervised tokens/s of the
+understanding (MMU) rows alone — answers and captions, where packed QA turns add supervision —
+of each, and their ratios. One run.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from unif2ace.config import load_config  # noqa: E402
 from unif2ace.data.loader import ShardLoader  # noqa: E402
 from unif2ace.losses import total_loss  # noqa: E402
 from unif2ace.model.unif2ace import UniF2ace  # noqa: E402
-from unif2ace.tokens import IGNORE  # noqa: E402
+from unif2ace.tokens import IGNORE, TASK_MMU  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import report  # noqa: E402
@@ -40,8 +42,10 @@ SETTINGS = {"before": ["data.max_qa_turns=4", "data.trim_padding=false"],
             "after": ["data.max_qa_turns=12", "data.trim_padding=true"]}
 
 
-def supervised(batch: dict) -> int:
-    return int((batch["labels"] != IGNORE).sum())
+def supervised(batch: dict) -> tuple[int, int]:
+    """(all supervised tokens, those of MMU rows: answers, captions and their <eot>)."""
+    sup = batch["labels"] != IGNORE
+    return int(sup.sum()), int(sup[batch["task"] == TASK_MMU].sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         model = UniF2ace(cfg.model).train()
         runs[name] = {"cfg": cfg, "model": model, "opt": torch.optim.AdamW(model.parameters(), lr=cfg.train.lr),
                       "it": iter(ShardLoader(cfg.data, cfg.model, 0, 1, cfg.train.micro_batch, loss_cfg=cfg.loss)),
-                      "tok": [], "sup": []}
+                      "tok": [], "sup": [], "mmu": []}
 
-    def step(r) -> tuple[int, int, float]:
+    def step(r) -> tuple[int, tuple[int, int], float]:
         b = next(r["it"])
         t = time.perf_counter()
         out = r["model"](b["input_ids"], b["task"], features=b["features"])
@@ -78,19 +82,22 @@ def main(argv: list[str] | None = None) -> int:
         step(r)  # warm-up
     for _ in range(args.rounds):
         for r in runs.values():
-            tok = sup = 0
+            tok = sup = mmu = 0
             secs = 0.0
             for _ in range(args.steps):
-                a, s, dt = step(r)
-                tok, sup, secs = tok + a, sup + s, secs + dt
+                a, (s, m), dt = step(r)
+                tok, sup, mmu, secs = tok + a, sup + s, mmu + m, secs + dt
             r["tok"].append(tok / secs)
             r["sup"].append(sup / secs)
+            r["mmu"].append(mmu / secs)
     res: dict = {"recipe": args.recipe, "micro_batch": runs["after"]["cfg"].train.micro_batch,
                  "rounds x steps": f"{args.rounds} x {args.steps}"}
     for name, r in runs.items():
         res[f"{name}: tokens/s"] = statistics.median(r["tok"])
         res[f"{name}: supervised tokens/s"] = statistics.median(r["sup"])
-    res["after / before, supervised tokens/s"] = res["after: supervised tokens/s"] / res["before: supervised tokens/s"]
+        res[f"{name}: supervised understanding tokens/s"] = statistics.median(r["mmu"])
+    for what in ("supervised tokens/s", "supervised understanding tokens/s"):
+        res[f"after / before, {what}"] = res[f"after: {what}"] / res[f"before: {what}"]
     report(res, args.json, digits=2)
     return 0
 
