@@ -396,7 +396,8 @@ def expert_parallel_size(ds_config: dict) -> int:
 
 def build_engine(model: nn.Module, train: TrainConfig, ds_config: dict):
     """``deepspeed.initialize`` with our optimiser and schedule; MoE blocks registered as leaves;
-    routed experts sharded when the DeepSpeed JSON sets ``expert_parallel_size`` (expert_parallel.py)."""
+    routed experts sharded when the DeepSpeed JSON sets ``expert_parallel_size`` (expert_parallel.py;
+    under ZeRO-3 each local expert parameter's partition group is then checked)."""
     import deepspeed
 
     from unif2ace.train import expert_parallel
@@ -417,7 +418,10 @@ def build_engine(model: nn.Module, train: TrainConfig, ds_config: dict):
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_schedule(train),
                                                config=ds_config, dist_init_required=False)
     if ep > 1 and stage == 3:
-        expert_parallel.check_zero3_placement(engine.module)
+        try:
+            expert_parallel.check_zero3_placement(engine.module)
+        except expert_parallel.ExpertParallelError as e:
+            raise EngineError(str(e)) from None
     check_finite(engine.module)
     return engine
 
