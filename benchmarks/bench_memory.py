@@ -18,7 +18,8 @@ and each optimiser group flattened, padded to a multiple of 2·P and split over 
 
 ``--validate`` (default on) checks ``plan()`` against what DeepSpeed actually allocated: it trains
 a reduced recipe (same structure, small widths) for 2 steps on 2 and 4 CPU processes (gloo) with
-every (stage, EP) that fits, reads the partition sizes from the live engines (ZeRO-3:
+ZeRO-2 and ZeRO-3 × EP 1/2 (2 processes) and EP 2/4 (4 processes) — 8 runs, about 20 minutes on a
+busy 2-core machine — reads the partition sizes from the live engines (ZeRO-3:
 ``partition_numel()`` of every parameter and the fp32 flat groups; ZeRO-2: the fp32 partitions),
 and reports the largest relative difference and each run's peak RSS per rank (``ru_maxrss``).
 """
