@@ -3,12 +3,13 @@
     python benchmarks/bench_expert_parallel.py --shards runs/demo/shards          # 2 CPU ranks
     python benchmarks/bench_expert_parallel.py --shards S --procs 8 --ep 8 --gpu   # a GPU node
 
-Trains the same MoE model (``--config`` recipe + token MoE, same seed and data) twice with the real
-launcher: ZeRO-2 data parallel (``ds_configs/zero2.json``, every rank holds every expert) and
+Trains the same MoE model (``--config`` recipe + token MoE, same seed and data) three times with the
+real launcher: ZeRO-2 data parallel (``ds_configs/zero2.json``, every rank holds every expert),
 ZeRO-2 with ``expert_parallel_size`` = ``--ep`` (``ds_configs/zero2_ep.json``, each rank holds
-1/ep of the routed experts and tokens travel by all-to-all). Reports the median step time of each
-(first steps dropped as warm-up), their ratio, the routed-expert parameters per rank, and the largest
-loss difference between the two runs. On CPU (gloo, 2 processes on shared cores) the all-to-all is
+1/ep of the routed experts and tokens travel by all-to-all) and ZeRO-3 with the same EP
+(``ds_configs/zero3_ep.json``: everything partitioned, experts inside their expert-data-parallel
+group). Reports the median step time of each (first steps dropped as warm-up), the ratios, the
+routed-expert parameters per rank, and the largest loss difference from the data-parallel run. On CPU (gloo, 2 processes on shared cores) the all-to-all is
 a pure cost and the memory saving is the point; on GPUs EP's use is fitting more experts per device.
 """
 from __future__ import annotations
@@ -60,23 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        ep_cfg = Path(tmp) / "zero2_ep.json"
-        spec = json.loads((ROOT / "ds_configs" / "zero2_ep.json").read_text())
-        spec["expert_parallel_size"] = args.ep
-        ep_cfg.write_text(json.dumps(spec))
+        configs = {"dp": ROOT / "ds_configs" / "zero2.json"}
+        for name, src in (("ep", "zero2_ep.json"), ("ep3", "zero3_ep.json")):
+            spec = json.loads((ROOT / "ds_configs" / src).read_text())
+            spec["expert_parallel_size"] = args.ep
+            configs[name] = Path(tmp) / src
+            configs[name].write_text(json.dumps(spec))
         rows = {}
-        for name, cfg in (("dp", ROOT / "ds_configs" / "zero2.json"), ("ep", ep_cfg)):
+        for name, cfg in configs.items():
             rows[name] = [r for r in _train(cfg, Path(tmp) / name, args) if "event" not in r]
     step_time = {k: statistics.median(r["step_time_s"] for r in v[args.warmup:]) for k, v in rows.items()}
-    diff = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(rows["ep"], rows["dp"]))
+    diff = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for k in ("ep", "ep3") for a, b in zip(rows[k], rows["dp"]))
     from unif2ace.config import load_config
 
     m = load_config(args.config, MOE + list(args.overrides)).model
     per_expert = 2 * m.moe.expert_ffn * m.hidden_size + m.moe.expert_ffn + m.hidden_size
     routed = m.num_layers * 2 * m.moe.num_routed * per_expert  # 2 groups
     report({"procs": args.procs, "expert_parallel_size": args.ep, "steps_timed": args.steps - args.warmup,
-            "dp_step_s": step_time["dp"], "ep_step_s": step_time["ep"],
+            "dp_step_s": step_time["dp"], "ep_step_s": step_time["ep"], "zero3_ep_step_s": step_time["ep3"],
             "ep_over_dp_time": step_time["ep"] / step_time["dp"],
+            "zero3_ep_over_zero2_ep_time": step_time["ep3"] / step_time["ep"],
             "routed_expert_params_per_rank_dp_M": routed / 1e6,
             "routed_expert_params_per_rank_ep_M": routed / args.ep / 1e6,
             "max_rel_loss_diff": diff}, args.json, digits=4)

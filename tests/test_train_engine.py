@@ -115,7 +115,7 @@ def test_ds_config_auto_values_come_from_train_and_contradictions_fail(tmp_path)
         E.load_ds_config(bad, train, 4, gpu=False)
     with pytest.raises(E.EngineError, match="nope.json: file not found"):
         E.load_ds_config(tmp_path / "nope.json", train, 4, gpu=False)
-    for name in ("zero2", "zero3", "zero3_offload", "zero2_ep"):  # every shipped config resolves
+    for name in ("zero2", "zero3", "zero3_offload", "zero2_ep", "zero3_ep"):  # every shipped config resolves
         assert E.load_ds_config(ROOT / "ds_configs" / f"{name}.json", train, 2, gpu=True)["bf16"]["enabled"] in (
             True, False)
 
@@ -125,8 +125,20 @@ def test_ds_config_expert_parallel_size_is_checked(tmp_path):
     ep = E.load_ds_config(ROOT / "ds_configs" / "zero2_ep.json", train, 4, gpu=False)
     assert E.expert_parallel_size(ep) == 2 and ep["zero_optimization"]["stage"] == 2
     assert E.expert_parallel_size(E.load_ds_config(ZERO3, train, 4, gpu=False)) == 1
+    ep3 = E.load_ds_config(ROOT / "ds_configs" / "zero3_ep.json", train, 4, gpu=False)
+    assert E.expert_parallel_size(ep3) == 2 and ep3["zero_optimization"]["stage"] == 3
     bad = tmp_path / "ep.json"
-    for spec, msg in [({"expert_parallel_size": 2, "zero_optimization": {"stage": 3}}, "needs ZeRO stage 1 or 2"),
+    z3 = {"stage": 3}
+    for spec, msg in [({"expert_parallel_size": 2, "zero_optimization": {"stage": 0}}, "needs ZeRO stage 1, 2 or 3"),
+                      ({"expert_parallel_size": 2, "zero_optimization": {**z3, "zero_hpz_partition_size": 2}},
+                       "zero_hpz_partition_size=2 is not supported"),
+                      ({"expert_parallel_size": 2, "zero_optimization": {**z3, "zero_quantized_gradients": True}},
+                       "zero_quantized_gradients=True is not supported"),
+                      ({"expert_parallel_size": 2, "zero_optimization": z3, "sequence_parallel_size": 2},
+                       "sequence_parallel_size=2 is not supported"),
+                      ({"expert_parallel_size": 2,
+                        "zero_optimization": {**z3, "stage3_gather_16bit_weights_on_model_save": True}},
+                       "would save rank 0's experts only"),
                       ({"expert_parallel_size": 3, "zero_optimization": {"stage": 2}}, "does not divide the 4 ranks"),
                       ({"expert_parallel_size": 0, "zero_optimization": {"stage": 2}}, "positive integer"),
                       ({"expert_parallel_size": 2, "zero_optimization": {"stage": 2},

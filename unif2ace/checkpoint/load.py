@@ -5,7 +5,9 @@
     model, cfg = load_model("runs/synthface/train")               # … or the run directory holding it
 
 ZeRO partitions are merged in memory with DeepSpeed's ``zero_to_fp32`` utilities (no process
-group needed); ``tools/convert_checkpoint.py`` writes the same merge to disk.
+group needed); ``tools/convert_checkpoint.py`` writes the same merge to disk. Expert-parallel
+checkpoints, which ``zero_to_fp32`` cannot merge, are read here directly: ZeRO-2 ones from rank 0's
+module state plus every rank's expert file, ZeRO-3 ones from every rank's fp32 partitions.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 from pathlib import Path
 
 from unif2ace.checkpoint.hf_io import CONFIG_NAME, CheckpointError, check_state_dict, load_pretrained
-from unif2ace.train.expert_parallel import SHARD_FILE
+from unif2ace.train.expert_parallel import LAYOUT_FILE, SHARD_FILE
 
 
 def zero_root(path: Path) -> Path | None:
@@ -39,6 +41,8 @@ def load_zero(root: str | os.PathLike, tag: str | None = None):
     cfg = read_run_config(root / tag)
     if (root / tag / SHARD_FILE.format(rank=0)).exists():
         sd = _expert_parallel_state_dict(root / tag)
+    elif (root / tag / LAYOUT_FILE).exists():
+        sd = _zero3_expert_parallel_state_dict(root / tag)
     else:
         sd = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
     model = UniF2ace(cfg.model)
@@ -68,6 +72,69 @@ def _expert_parallel_state_dict(ckpt: Path) -> dict:
         raise CheckpointError(f"{ckpt}: {ep} expert shard file(s), but they were written with "
                               f"expert_parallel_size={declared}")
     return merge_expert_shards(module, shards)
+
+
+def _zero3_expert_parallel_state_dict(ckpt: Path) -> dict:
+    """An expert-parallel ZeRO-3 checkpoint: every rank's fp32 partitions, merged per ZeRO
+    sub-group over the ranks that partitioned it (``ds_zero_partition_groups``, written by
+    DeepSpeed's stage-3 optimiser). ``zero_to_fp32`` assumes every parameter is split over all
+    ranks and raises ("consumed N numels out of M"); here a dense sub-group is split over all ranks
+    and an expert sub-group over one expert-data-parallel group, whose members hold the experts of
+    the EP rank recorded in ``expert_parallel.json``."""
+    import math
+
+    import torch
+
+    from unif2ace.train.expert_parallel import EP_KEY, merge_expert_shards, read_layout
+
+    layout = read_layout(ckpt)
+    world, ep_of = int(layout["world_size"]), list(layout["ep_rank_of_rank"])
+    if len(ep_of) != world:
+        raise CheckpointError(f"{ckpt / LAYOUT_FILE}: {len(ep_of)} EP ranks listed for world size {world}")
+    flats, parts = [], []
+    for r in range(world):
+        osd = _load_zero(ckpt / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt")["optimizer_state_dict"]
+        if "ds_zero_partition_groups" not in osd:
+            raise CheckpointError(f"{ckpt}: rank {r}'s optimiser file has no ds_zero_partition_groups (not a ZeRO-3 "
+                                  f"expert-parallel checkpoint)")
+        flats.append(osd["fp32_flat_groups"])
+        parts.append(osd["ds_zero_partition_groups"])
+    states = _load_zero(ckpt / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    shapes = states["param_shapes"]
+    dense: dict = {k: v for k, v in states["module"].items() if k in set(states["buffer_names"])}
+    shards: list[dict] = [{} for _ in range(int(layout[EP_KEY]))]
+    for i, names in enumerate(shapes):
+        # one merge per distinct partition group: all ranks (dense) or each expert-data-parallel group
+        for members in {tuple(parts[r][i]["partition_ranks"]) for r in range(world)}:
+            expert = "autoep_expert" in parts[members[0]][i]["families"]
+            target = shards[ep_of[members[0]]] if expert else dense
+            offset = 0
+            for name, shape in names.items():
+                n = shape.numel()
+                size = math.ceil(n / len(members))
+                pieces = [flats[m][i].narrow(0, offset, size) for m in members]
+                target[name] = torch.cat(pieces).narrow(0, 0, n).view(shape).clone()
+                offset += size
+            if offset != flats[members[0]][i].numel():
+                raise CheckpointError(f"{ckpt}: ZeRO sub-group {i} of ranks {list(members)} holds "
+                                      f"{flats[members[0]][i].numel()} elements, its parameters {offset}")
+    missing = [e for e, s in enumerate(shards) if not s]
+    if missing:
+        raise CheckpointError(f"{ckpt}: no expert partitions for EP rank(s) {missing}")
+    return merge_expert_shards({**dense, **shards[0]}, shards)
+
+
+def _load_zero(path: Path) -> dict:
+    """A DeepSpeed ZeRO file, with weights_only: only DeepSpeed's loss-scaler and stage enum are
+    allowed as classes (what its stage-3 optimiser state pickles besides tensors)."""
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing")
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum]):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _shard_meta(path: Path) -> dict:

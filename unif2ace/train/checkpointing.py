@@ -192,7 +192,9 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
         dist.barrier()
         engine.save_checkpoint(str(self.root), tag=tmp_tag, save_latest=False)
-        expert_parallel.save_expert_shards(engine.module, tmp)  # DeepSpeed saves rank 0's experts only
+        # ZeRO-2 EP: DeepSpeed saves rank 0's experts only, so every EP rank writes its own;
+        # ZeRO-3 EP: the ZeRO files hold them, rank 0 records which EP rank each rank was
+        expert_parallel.save_expert_shards(engine.module, tmp)
         state.rng = rng_state()
         torch.save(asdict(state), tmp / f"rank{self.rank:05d}.pt.tmp")
         os.replace(tmp / f"rank{self.rank:05d}.pt.tmp", tmp / f"rank{self.rank:05d}.pt")

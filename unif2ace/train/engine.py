@@ -154,21 +154,40 @@ def load_ds_config(path: str | os.PathLike | dict, train: TrainConfig, world_siz
     if not isinstance(ep, int) or ep < 1:
         raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep!r} must be a positive integer")
     if ep > 1:
-        if int(zero.get("stage", 0)) not in (1, 2):
-            raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} needs ZeRO stage 1 or 2 (stage "
-                              f"{zero.get('stage', 0)} given); see ds_configs/README.md for why not ZeRO-3")
+        stage = int(zero.get("stage", 0))
+        if stage not in (1, 2, 3):
+            raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} needs ZeRO stage 1, 2 or 3 (stage "
+                              f"{stage} given)")
+        if stage == 3:
+            _check_zero3_ep(raw, zero, src, ep)
         if world_size % ep:
             raise EngineError(f"DeepSpeed config {src}: expert_parallel_size={ep} does not divide the "
                               f"{world_size} ranks")
         if "expert_parallel" in raw:
             raise EngineError(f"DeepSpeed config {src}: 'expert_parallel' (DeepSpeed AutoEP) cannot drive the grouped "
                               f"token MoE; use expert_parallel_size alone")
-        # DeepSpeed asserts both for expert (MoE) parameter groups under ZeRO-2.
-        zero.setdefault("contiguous_gradients", True)
-        zero.setdefault("reduce_scatter", True)
+        if stage < 3:  # DeepSpeed asserts both for expert (MoE) parameter groups under ZeRO-2.
+            zero.setdefault("contiguous_gradients", True)
+            zero.setdefault("reduce_scatter", True)
     raw.setdefault("steps_per_print", 10 ** 9)  # we log ourselves
     raw.setdefault("wall_clock_breakdown", False)
     return raw
+
+
+def _check_zero3_ep(raw: dict, zero: dict, src: str, ep: int) -> None:
+    """What DeepSpeed refuses for AutoEP under ZeRO-3 (our experts use the same placement), and
+    the one setting that would silently drop experts."""
+    refused = {"zero_optimization.zero_hpz_partition_size": (zero.get("zero_hpz_partition_size", 1), 1),
+               "zero_optimization.zero_quantized_gradients": (zero.get("zero_quantized_gradients", False), False),
+               "sequence_parallel_size": (raw.get("sequence_parallel_size", 1), 1)}
+    for key, (have, ok) in refused.items():
+        if have != ok:
+            raise EngineError(f"DeepSpeed config {src}: {key}={have} is not supported with expert_parallel_size={ep} "
+                              f"under ZeRO-3 (DeepSpeed refuses it for expert-partitioned parameters)")
+    if zero.get("stage3_gather_16bit_weights_on_model_save"):
+        raise EngineError(f"DeepSpeed config {src}: stage3_gather_16bit_weights_on_model_save=true would save rank 0's "
+                          f"experts only with expert_parallel_size={ep}; set it to false (tools/convert_checkpoint.py "
+                          f"merges every rank's experts)")
 
 
 def zero_stage(ds_config: dict) -> int:
@@ -377,7 +396,8 @@ def expert_parallel_size(ds_config: dict) -> int:
 
 def build_engine(model: nn.Module, train: TrainConfig, ds_config: dict):
     """``deepspeed.initialize`` with our optimiser and schedule; MoE blocks registered as leaves;
-    routed experts sharded when the DeepSpeed JSON sets ``expert_parallel_size`` (expert_parallel.py)."""
+    routed experts sharded when the DeepSpeed JSON sets ``expert_parallel_size`` (expert_parallel.py;
+    under ZeRO-3 each local expert parameter's partition group is then checked)."""
     import deepspeed
 
     from unif2ace.train import expert_parallel
@@ -385,18 +405,23 @@ def build_engine(model: nn.Module, train: TrainConfig, ds_config: dict):
     leaves = register_leaf_modules(model)
     if leaves:
         log.info("ZeRO-3 leaf modules: %d (%s)", len(leaves), sorted({type(m).__name__ for m in leaves}))
-    ep = expert_parallel_size(ds_config)
+    ep, stage = expert_parallel_size(ds_config), zero_stage(ds_config)
     if ep > 1:
         try:
-            expert_parallel.apply(model, ep)
+            expert_parallel.apply(model, ep, stage)
         except expert_parallel.ExpertParallelError as e:
             raise EngineError(str(e)) from None
     optimizer = build_optimizer(model, train, ds_config)
-    if ep > 1:
+    if ep > 1 and stage < 3:
         engine = expert_parallel.initialize(model, optimizer, lr_schedule(train), ds_config)
-    else:
+    else:  # ZeRO-3 places the experts from their parameter attributes (expert_parallel.py)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_schedule(train),
                                                config=ds_config, dist_init_required=False)
+    if ep > 1 and stage == 3:
+        try:
+            expert_parallel.check_zero3_placement(engine.module)
+        except expert_parallel.ExpertParallelError as e:
+            raise EngineError(str(e)) from None
     check_finite(engine.module)
     return engine
 

@@ -1,7 +1,8 @@
-"""Expert parallelism (EP) for the grouped token MoE, on DeepSpeed ZeRO-2's expert tagging.
+"""Expert parallelism (EP) for the grouped token MoE, under DeepSpeed ZeRO-2 or ZeRO-3.
 
+    deepspeed launchers/train.py --deepspeed ds_configs/zero3_ep.json --config synthface
     deepspeed launchers/train.py --deepspeed ds_configs/zero2_ep.json --config synthface
-    # ds_configs/zero2_ep.json: {"zero_optimization": {"stage": 2, ...}, "expert_parallel_size": 2}
+    # {"zero_optimization": {"stage": 3 or 2, ...}, "expert_parallel_size": 2}
 
 What it does (``apply(model, ep_size)``, called by ``engine.build_engine`` before the optimiser
 exists):
@@ -25,9 +26,23 @@ Why not DeepSpeed AutoEP (the documented ZeRO-3 route): its replacement layer's
 ``forward(hidden_states)`` receives no task, so it cannot pick our generation / understanding group;
 its experts are gated, bias-free (SwiGLU-style w1/w2/w3) MLPs while ours are Phi's biased GELU MLPs
 (upcycled exactly from Phi's FFN); and it returns no auxiliary loss. DeepSpeed's native ``MoE``
-class is refused under ZeRO-3, so EP runs under ZeRO-2 (the issue's fallback).
+class is refused under ZeRO-3.
 
-DeepSpeed turns on its expert-aware gradient reduction and checkpoint paths only when the model
+ZeRO-3 (``apply(..., zero_stage=3)``). ZeRO-3 places AutoEP's experts by *parameter attributes*,
+not by class, so our local experts carry the same ones (``ds_zero_placement_family="autoep_expert"``,
+``ds_zero_partition_group_name``, ``ds_zero_partition_process_group`` = the expert-data-parallel
+group): ``zero.Init``'s conversion partitions each only inside that group, the stage-3 optimiser
+makes per-group sub-groups, reduce-scatters their gradients inside the group, divides that family
+by the full data-parallel size, and adds the expert-parallel group to the gradient norm. What keys
+on DeepSpeed's *classes* (``has_moe_layers``, and the stage-3 check "MoE not supported with Stage
+3") must stay off, so under ZeRO-3 the engine is plain ``deepspeed.initialize``. Each rank's ZeRO
+files then hold its own experts' fp32 partitions, so resume needs nothing extra; rank 0 writes
+``expert_parallel.json`` (which EP rank every rank was) so that ``unif2ace.checkpoint.load`` can
+merge the partitions without ``zero_to_fp32`` (which cannot: its offsets assume one partition
+group). With ``train.zero_init`` the model arrives partitioned over all ranks: each expert stack is
+gathered, sliced, and the new parameters converted with the right group (``_convert_zero_init``).
+
+ZeRO-2: DeepSpeed turns on its expert-aware gradient reduction and checkpoint paths only when the model
 contains its own ``MoE`` / AutoEP layer classes (``engine.has_moe_layers``). ``ExpertParallelEngine``
 sets that flag for a model with tagged parameters, and nothing else. DeepSpeed's checkpoint writer
 does not know our layout (it saves rank 0's module state only), so ``save_expert_shards`` /
@@ -49,6 +64,10 @@ log = logging.getLogger(__name__)
 EP_KEY = "expert_parallel_size"
 """Top-level key of a DeepSpeed JSON that turns EP on (ours; DeepSpeed ignores it)."""
 SHARD_FILE = "experts-ep{rank:03d}.safetensors"
+LAYOUT_FILE = "expert_parallel.json"
+"""ZeRO-3 EP checkpoints: EP size and every global rank's EP rank (written by rank 0)."""
+ZERO3_FAMILY = "autoep_expert"
+"""The ZeRO-3 placement family DeepSpeed partitions over the expert-data-parallel group."""
 _STACK_KEYS = ("w1", "w2", "b1", "b2")
 
 
@@ -71,7 +90,7 @@ class ShardedExperts(nn.Module):
     local_w1/w2 (G, E/ep, F, D), local_b1/b2 — routed experts [ep_rank·E/ep, (ep_rank+1)·E/ep)."""
 
     def __init__(self, stack: nn.Module, num_shared: int, num_routed: int, ep_size: int, ep_rank: int,
-                 group, name: str):
+                 group, name: str, zero3_group=None):
         super().__init__()
         if num_routed % ep_size:
             raise ExpertParallelError(f"model.moe.num_routed={num_routed} is not divisible by the expert-parallel "
@@ -91,6 +110,10 @@ class ShardedExperts(nn.Module):
             local = nn.Parameter(full.data[:, lo:lo + self.num_local].clone())
             local.allreduce = False  # DeepSpeed's expert tags (deepspeed.moe.utils.is_moe_param)
             local.group_name = name
+            if zero3_group is not None:  # ZeRO-3: partition inside the expert-data-parallel group
+                local.ds_zero_placement_family = ZERO3_FAMILY
+                local.ds_zero_partition_group_name = name
+                local.ds_zero_partition_process_group = zero3_group
             self.register_parameter(f"local_{key}", local)
 
     def no_weight_decay(self) -> set[str]:
@@ -169,10 +192,13 @@ def _all_to_all_plain(t: torch.Tensor, out_counts: torch.Tensor, in_counts: torc
 # --------------------------------------------------------------------------- applying EP
 
 
-def apply(model: nn.Module, ep_size: int) -> list[str]:
+def apply(model: nn.Module, ep_size: int, zero_stage: int = 2) -> list[str]:
     """Shard every token MoE of ``model`` over expert-parallel groups of ``ep_size`` ranks
-    (creates DeepSpeed's expert / expert-data-parallel groups). Returns the sharded module names."""
+    (creates DeepSpeed's expert / expert-data-parallel groups). Returns the sharded module names.
+    ``zero_stage=3`` adds ZeRO-3's placement attributes; a model built under ``zero.Init`` is
+    handled (each stack gathered for slicing, the new parameters partitioned)."""
     import torch.distributed as dist
+    from deepspeed import zero
     from deepspeed.utils import groups
 
     from unif2ace.model.moe.token_moe import ExpertStack, GroupedTokenMoE
@@ -188,16 +214,56 @@ def apply(model: nn.Module, ep_size: int) -> list[str]:
         groups._create_expert_and_data_parallel(ep_size)
     group = groups._get_expert_parallel_group(name)
     rank = groups._get_expert_parallel_rank(name)
+    zero3_group = groups._get_expert_data_parallel_group(name) if zero_stage == 3 else None
     for mod_name, moe in moes:
         if not isinstance(moe.experts, ExpertStack):
             raise ExpertParallelError(f"{mod_name}: already expert-parallel")
         if moe.cfg.backend == "megablocks":
             raise ExpertParallelError("model.moe.backend=megablocks has its own expert parallelism; use backend=torch "
                                       "with expert_parallel_size")
-        moe.experts = ShardedExperts(moe.experts, moe.num_shared, moe.num_routed, ep_size, rank, group, name)
+        partitioned = [p for p in moe.experts.parameters() if hasattr(p, "ds_id")]
+        if partitioned and zero_stage != 3:
+            raise ExpertParallelError(f"{mod_name}: parameters are ZeRO-3 partitioned but zero_stage={zero_stage}")
+        # modifier_rank=None: every rank reads the whole stack, none writes it back
+        with zero.GatheredParameters(partitioned, modifier_rank=None, enabled=bool(partitioned)):
+            sharded = ShardedExperts(moe.experts, moe.num_shared, moe.num_routed, ep_size, rank, group, name,
+                                     zero3_group)
+        moe.experts = sharded
+        if partitioned:
+            _convert_zero_init(partitioned[0], sharded)
     log.info("expert parallel: %d token-MoE layers, %d of %d routed experts per group on this rank (ep rank %d)",
              len(moes), moes[0][1].experts.num_local, moes[0][1].num_routed, rank)
     return [n for n, _ in moes]
+
+
+def _convert_zero_init(template: nn.Parameter, sharded: ShardedExperts) -> None:
+    """Partition ``sharded``'s new parameters as ``zero.Init`` would have: the shared experts over
+    the data-parallel group, the local ones over ``ds_zero_partition_process_group`` (the
+    expert-data-parallel group). ``convert_to_zero_parameters`` is the closure every ZeRO-3
+    parameter carries (what DeepSpeed's AutoEP uses for its replacement experts); same order on
+    every rank, so the ds_ids agree."""
+    template.convert_to_zero_parameters(param_list=list(sharded.parameters()))
+
+
+def check_zero3_placement(model: nn.Module) -> None:
+    """Raise unless every local expert parameter is ZeRO-3-partitioned over exactly its
+    expert-data-parallel group (a parameter partitioned over all ranks would reduce-scatter
+    different ranks' experts into each other)."""
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    for mod_name, m in sharded_modules(model):
+        want = dist.get_process_group_ranks(groups._get_expert_data_parallel_group(m.group_name))
+        for key, p in m.local_parameters().items():
+            pg = getattr(p, "ds_process_group", None)
+            got = dist.get_process_group_ranks(pg) if pg is not None else None
+            if got != want:
+                raise ExpertParallelError(f"{mod_name}.{key}: ZeRO-3 partition group {got}, expected the "
+                                          f"expert-data-parallel group {want}")
+
+
+def is_zero3(model: nn.Module) -> bool:
+    return any(hasattr(p, "ds_id") for _, m in sharded_modules(model) for p in m.local_parameters().values())
 
 
 def sharded_modules(model: nn.Module) -> list[tuple[str, ShardedExperts]]:
@@ -253,9 +319,14 @@ def optimizer_groups(groups_: list[dict]) -> list[dict]:
 
 
 def local_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """This rank's routed experts, keyed by full parameter name."""
-    return {f"{n}.{k}": p.detach().to("cpu", copy=True).contiguous() for n, m in sharded_modules(model)
-            for k, p in m.local_parameters().items()}
+    """This rank's routed experts, keyed by full parameter name. Under ZeRO-3 a collective of
+    the expert-data-parallel group (the partitions are gathered)."""
+    from deepspeed import zero
+
+    named = {f"{n}.{k}": p for n, m in sharded_modules(model) for k, p in m.local_parameters().items()}
+    partitioned = [p for p in named.values() if hasattr(p, "ds_id")]
+    with zero.GatheredParameters(partitioned, modifier_rank=None, enabled=bool(partitioned)):
+        return {k: p.detach().to("cpu", copy=True).contiguous() for k, p in named.items()}
 
 
 def gather_expert_shards(model: nn.Module) -> list[dict[str, torch.Tensor]]:
@@ -280,7 +351,10 @@ def gather_expert_shards(model: nn.Module) -> list[dict[str, torch.Tensor]]:
 
 def save_expert_shards(model: nn.Module, directory: str | os.PathLike) -> Path | None:
     """Write this rank's routed experts (one file per expert-parallel rank; the other members of
-    an expert-data-parallel group hold identical copies and write nothing). Call on every rank."""
+    an expert-data-parallel group hold identical copies and write nothing). Call on every rank.
+
+    Under ZeRO-3 each rank's ZeRO files already hold its experts' partitions; only the layout
+    (``LAYOUT_FILE``: EP size, each global rank's EP rank) is written, by rank 0."""
     from deepspeed.utils import groups
     from safetensors.torch import save_file
 
@@ -288,6 +362,8 @@ def save_expert_shards(model: nn.Module, directory: str | os.PathLike) -> Path |
     if not mods:
         return None
     name = mods[0][1].group_name
+    if is_zero3(model):
+        return _save_layout(mods[0][1], directory)
     if groups._get_expert_data_parallel_rank(name) != 0:
         return None
     ep_rank = groups._get_expert_parallel_rank(name)
@@ -349,6 +425,14 @@ def restore_expert_shards(engine, directory: str | os.PathLike) -> None:
     model = engine.module
     if not sharded_modules(model):
         return
+    if is_zero3(model):
+        problem = _layout_mismatch(sharded_modules(model)[0][1], directory)
+        bad = torch.tensor([int(problem is not None)])
+        dist.all_reduce(bad)
+        if int(bad):
+            raise ExpertParallelError(problem or f"{Path(directory) / LAYOUT_FILE}: another rank's expert layout "
+                                                 f"differs from this run's; refusing to resume")
+        return
     saved = load_expert_shards(model, directory)
     wrong = _master_mismatches(engine, saved)
     bad = torch.tensor([len(wrong)])
@@ -356,6 +440,49 @@ def restore_expert_shards(engine, directory: str | os.PathLike) -> None:
     if int(bad):
         raise ExpertParallelError(f"{directory}: the optimiser's fp32 master weights of {int(bad)} expert "
                                   f"parameter(s) differ from the expert shards (here: {wrong[:3]}); refusing to resume")
+
+
+def _save_layout(first: ShardedExperts, directory: str | os.PathLike) -> Path | None:
+    """Collective. Rank 0 writes ``LAYOUT_FILE``: the EP size and every global rank's EP rank."""
+    import json
+
+    import torch.distributed as dist
+
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, first.ep_rank)
+    if dist.get_rank() != 0:
+        return None
+    path = Path(directory) / LAYOUT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({EP_KEY: first.ep_size, "zero_stage": 3, "world_size": len(ranks),
+                               "ep_rank_of_rank": ranks}, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_layout(directory: str | os.PathLike) -> dict:
+    from unif2ace.jsonfile import read_json
+
+    return read_json(Path(directory) / LAYOUT_FILE, ExpertParallelError, name=str(Path(directory) / LAYOUT_FILE))
+
+
+def _layout_mismatch(first: ShardedExperts, directory: str | os.PathLike) -> str | None:
+    """Why this rank cannot resume its experts from the ZeRO-3 checkpoint in ``directory`` (None: it can)."""
+    import torch.distributed as dist
+
+    path = Path(directory) / LAYOUT_FILE
+    if not path.exists():
+        return (f"{path}: missing (the checkpoint was not written with ZeRO-3 expert parallelism; this run uses "
+                f"{EP_KEY}={first.ep_size} under ZeRO-3)")
+    layout = read_layout(directory)
+    if layout.get(EP_KEY) != first.ep_size:
+        return f"{path}: written with {EP_KEY}={layout.get(EP_KEY)}, this run uses {first.ep_size}"
+    mine = layout.get("ep_rank_of_rank", [])
+    rank = dist.get_rank()
+    if rank >= len(mine) or mine[rank] != first.ep_rank:
+        return (f"{path}: rank {rank} held the experts of EP rank {mine[rank] if rank < len(mine) else None}, "
+                f"now {first.ep_rank}; refusing to resume")
+    return None
 
 
 def _master_mismatches(engine, saved: dict[str, torch.Tensor]) -> list[str]:
