@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from unif2ace.checkpoint.hf_io import CONFIG_NAME, CheckpointError, check_state_dict, load_pretrained
-from unif2ace.train.expert_parallel import SHARD_FILE
+from unif2ace.checkpoint.expert_shards import SHARD_FILE, merge_expert_shards
+from unif2ace.checkpoint.run_config import read_run_config
 
 
 def zero_root(path: Path) -> Path | None:
@@ -30,7 +31,6 @@ def load_zero(root: str | os.PathLike, tag: str | None = None):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from unif2ace.model.unif2ace import UniF2ace
-    from unif2ace.train.checkpointing import read_run_config
 
     root = Path(root)
     tag = tag or (root / "latest").read_text().strip()
@@ -52,8 +52,6 @@ def _expert_parallel_state_dict(ckpt: Path) -> dict:
     come from rank 0's module state (the training dtype) plus every rank's expert shard."""
     import torch
     from safetensors.torch import load_file
-
-    from unif2ace.train.expert_parallel import merge_expert_shards
 
     states = ckpt / "mp_rank_00_model_states.pt"
     if not states.exists():

@@ -44,12 +44,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# The file name and the merge are read by checkpoint loading too, so they live below training.
+from unif2ace.checkpoint.expert_shards import SHARD_FILE, merge_expert_shards  # noqa: F401
+from unif2ace.checkpoint.expert_shards import STACK_KEYS as _STACK_KEYS
+
 log = logging.getLogger(__name__)
 
 EP_KEY = "expert_parallel_size"
 """Top-level key of a DeepSpeed JSON that turns EP on (ours; DeepSpeed ignores it)."""
-SHARD_FILE = "experts-ep{rank:03d}.safetensors"
-_STACK_KEYS = ("w1", "w2", "b1", "b2")
 
 
 class ExpertParallelError(RuntimeError):
@@ -380,31 +382,3 @@ def _master_mismatches(engine, saved: dict[str, torch.Tensor]) -> list[str]:
                 wrong.append(names[id(p)])
             offset += n
     return wrong
-
-
-def merge_expert_shards(state: dict[str, torch.Tensor],
-                        shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """A state dict of the EP model (shared_* and one rank's local_*) plus every EP rank's local
-    experts (in rank order) → the same weights in the unsharded ``ExpertStack`` layout
-    (``...experts.w1`` of shape (G, S+E, F, D), ...), as written by EP=1 runs."""
-    def split(k):  # "layers.3.ffn.experts.local_w1" → ("layers.3.ffn.", "experts", "local_w1")
-        head, _, leaf = k.rpartition(".")
-        owner, _, last = head.rpartition(".")
-        return (owner + "." if owner else ""), last, leaf
-
-    out, prefixes = {}, set()
-    for k, v in state.items():
-        prefix, last, leaf = split(k)
-        if last == "experts" and leaf.startswith(("local_", "shared_")):
-            prefixes.add(prefix)
-        else:
-            out[k] = v
-    for prefix in sorted(prefixes):
-        for key in _STACK_KEYS:
-            local = f"{prefix}experts.local_{key}"
-            if local not in state:
-                continue
-            parts = [s[local] for s in shards]
-            shared = state.get(f"{prefix}experts.shared_{key}")
-            out[f"{prefix}experts.{key}"] = torch.cat(([shared] if shared is not None else []) + parts, 1)
-    return out
