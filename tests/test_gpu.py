@@ -55,8 +55,8 @@ def test_zero3_bf16_training_steps_of_the_tiny_recipe(tmp_path):
         "from test_train_engine import ZERO3, _cfg, _mem; from unif2ace.train.trainer import run;"
         "cfg = _cfg(Path(sys.argv[2]), 'train.steps=3', 'train.save_every=1', 'train.keep_last=3');"
         "sys.exit(run(cfg, ZERO3, loader_factory=_mem))")
-    env = {**os.environ, "DS_ACCELERATOR": "cuda", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES":
-           os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+    path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)  # keep carried wheels
+    env = {**os.environ, "DS_ACCELERATOR": "cuda", "PYTHONPATH": path}
     p = subprocess.run([sys.executable, "-c", code, str(ROOT / "tests"), str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
