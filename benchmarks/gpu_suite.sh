@@ -23,6 +23,7 @@
 #       typing-inspection==0.4.5
 # (.whl/ is git-ignored.) The JSON records the versions that ran.
 set -uo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0;; esac
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULT=${1:-${OUT:+$OUT/gpu_suite.json}}

@@ -536,6 +536,7 @@ def describe(cls: type = Config, prefix: str = "") -> list[str]:
 
 def print_help() -> None:
     """``python -m unif2ace.config --help``: usage and every key with its docstring."""
+    print("usage: python -m unif2ace.config RECIPE [key=value ...]\n")
     print(__doc__)
     print("\n".join(describe()))
 
