@@ -41,6 +41,13 @@ def test_hand_count_token_moe_counts_active_experts_only():
     assert train_flops_per_token(UniF2ace(cfg.model), cfg.model) == 6 * n + ATTN_FLOPS == 663_234
 
 
+def test_sequence_moe_is_per_sequence_work_not_per_token():
+    # its experts resample pooled features once per sequence; only the extra LayerNorm counts
+    cfg = load_config("tiny", ["model.seq_moe.enabled=true"])
+    n = L * (LAYER_NORMS + ATTENTION + DENSE_FFN + 2 * H) + HEAD
+    assert train_flops_per_token(UniF2ace(cfg.model), cfg.model) == 6 * n + ATTN_FLOPS
+
+
 def test_mfu():
     # 1000 tokens/s × 906 306 FLOPs/token on a 1 GFLOP/s device = 90.6306 %
     assert flops.mfu(1000.0, 906_306.0, 1e9) == pytest.approx(0.906306, rel=1e-12)

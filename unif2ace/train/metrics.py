@@ -47,13 +47,18 @@ def _numel(p: torch.Tensor) -> int:
 
 def active_matmul_params(model: torch.nn.Module) -> int:
     """Parameters a token multiplies through: all but the input embedding table, with each
-    token-level MoE counted at its active size (shared + top-k routed experts)."""
+    token-level MoE counted at its active size (shared + top-k routed experts). The
+    sequence-level MoE is left out: its feature experts resample a pooled feature once per
+    sequence (model/moe/resampler.py), so per token they cost a 2-wide gate, not their weights."""
     total = sum(_numel(p) for n, p in model.named_parameters() if not n.startswith("embed_tokens."))
     for layer in getattr(model, "layers", []):
         ffn = getattr(layer, "ffn", None)
         act = getattr(ffn, "active_parameters", None)
         if callable(act):
             total += int(act()) - sum(_numel(p) for p in ffn.parameters())
+        seq = getattr(layer, "seq_moe", None)
+        if seq is not None:
+            total -= sum(_numel(p) for p in seq.parameters())
     return total
 
 
