@@ -13,7 +13,7 @@ sequence-level router deciding on each forward. One step, for every still-unknow
 sample a code from the guided distribution, score it by its log-probability plus annealed
 Gumbel noise, keep the most confident ones and re-mask the rest.
 
-Show-o's sampler defects that this one avoids (shared/DESIGN.md §3):
+Show-o's sampler defects that this one avoids (docs/design.md §7):
   * its Gumbel temperature is multiplied by (1 − ratio) every step, a compounding product;
     here step s of T uses ``temperature · (1 − (s+1)/T)``, linear from the start value to 0;
   * it computes how many tokens stay masked from N, the whole image, which is wrong when some

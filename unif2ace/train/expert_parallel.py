@@ -25,7 +25,7 @@ Why not DeepSpeed AutoEP (the documented ZeRO-3 route): its replacement layer's
 ``forward(hidden_states)`` receives no task, so it cannot pick our generation / understanding group;
 its experts are gated, bias-free (SwiGLU-style w1/w2/w3) MLPs while ours are Phi's biased GELU MLPs
 (upcycled exactly from Phi's FFN); and it returns no auxiliary loss. DeepSpeed's native ``MoE``
-class is refused under ZeRO-3, so EP runs under ZeRO-2 (the issue's fallback).
+class is refused under ZeRO-3, so EP runs under ZeRO-2.
 
 DeepSpeed turns on its expert-aware gradient reduction and checkpoint paths only when the model
 contains its own ``MoE`` / AutoEP layer classes (``engine.has_moe_layers``). ``ExpertParallelEngine``
