@@ -34,8 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
 
 def synthetic_batch(cfg, layout, rows: int, generator) -> dict:

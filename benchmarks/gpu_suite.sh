@@ -44,16 +44,17 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/unif2ace-torch-extensions}
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_suite: no CUDA device')" || exit 2
+"$PY" -c "import deepspeed" 2>/dev/null || { echo "gpu_suite: deepspeed is not importable; carry it in .whl/ (see the header)" >&2; exit 2; }
 
 # 1. the tests (DS_ACCELERATOR=cpu for the in-process parts, as in CI; the training test starts
 #    its own CUDA process)
-DS_ACCELERATOR=cpu timeout 300 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_flops.py \
+DS_ACCELERATOR=cpu timeout 180 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_flops.py \
   --junitxml="$WORK/junit.xml" 2>&1 | tee "$WORK/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 t1=$(date +%s)
 
 # 2. the benchmark
-timeout 360 "$PY" benchmarks/bench_gpu_train.py --recipe unif2ace-1.8b --steps "$STEPS" --warmup "$WARMUP" \
+timeout 270 "$PY" benchmarks/bench_gpu_train.py --recipe unif2ace-1.8b --steps "$STEPS" --warmup "$WARMUP" \
   --t2i-steps 16 --t2i-batch 16 --mmu-batches 1 32 --new-tokens 64 --repeats 3 \
   --json "$WORK/bench.json" "model.num_layers=$LAYERS" 2>&1 | tee "$WORK/bench.log"
 bench_rc=${PIPESTATUS[0]}

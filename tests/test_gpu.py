@@ -58,7 +58,7 @@ def test_zero3_bf16_training_steps_of_the_tiny_recipe(tmp_path):
     path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)  # keep carried wheels
     env = {**os.environ, "DS_ACCELERATOR": "cuda", "PYTHONPATH": path}
     p = subprocess.run([sys.executable, "-c", code, str(ROOT / "tests"), str(tmp_path)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=150)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     start = [r for r in rows if r.get("event") == "start"][-1]
