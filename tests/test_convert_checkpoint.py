@@ -22,9 +22,9 @@ def test_a_step_directory_converts_that_step(tmp_path, capsys):
     ckpt = tmp_path / "checkpoints"
     assert (ckpt / "latest").read_text() == "step00000002"
 
-    assert convert_checkpoint.main([str(ckpt / "step00000001"), "--out", str(tmp_path / "m1")]) == 0
+    assert convert_checkpoint.main([str(ckpt / "step00000001")]) == 0  # no --out: beside the checkpoints
     assert convert_checkpoint.main([str(ckpt), "--out", str(tmp_path / "m2")]) == 0  # latest
-    m1, m2 = (load_file(str(tmp_path / m / "model.safetensors")) for m in ("m1", "m2"))
+    m1, m2 = (load_file(str(tmp_path / m / "model.safetensors")) for m in ("model-step00000001", "m2"))
     want1 = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="step00000001")
     assert m1.keys() == want1.keys() and all(torch.equal(m1[k], want1[k].float()) for k in m1)
     assert not all(torch.equal(m1[k], m2[k]) for k in m1)  # step 1, not the latest step 2
