@@ -45,7 +45,7 @@ METRICS = {
 # α = 0.01, the paper's best loss): +1 = the variant should score better, -1 = worse, on the
 # metrics listed.
 PAPER_DIRECTION = {
-    "mask_only": (-1, ("gen_attr_acc", "synthface_fid")),        # Table 4: FID 77.46 vs 66.01
+    "mask_only": (-1, ("gen_attr_acc", "synthface_fid")),        # the paper's loss ablation: FID 77.46 vs 66.01
     "d3diff_a0.1": (-1, ("gen_attr_acc", "synthface_fid")),
     "d3diff_a0.001": (-1, ("gen_attr_acc", "synthface_fid")),
     "no_token_moe": (-1, ("gen_attr_acc", "synthface_fid", "vqa_acc", "caption_recall")),

@@ -69,3 +69,26 @@ def test_param_count_command():
     total = [l for l in r.stdout.splitlines() if l.strip().startswith("total:")][0]
     n = int(total.split(":")[1].split("(")[0].replace(",", ""))
     assert 1.3e9 < n < 2.5e9
+
+
+@pytest.mark.parametrize("args, words", [
+    (["synthface", "model.hiden_size=3"], "did you mean model.hidden_size?"),
+    (["nosuch"], "recipe 'nosuch' not found"),
+    (["tiny", "model.hidden_size=abc"], "model.hidden_size: expected an int"),
+    (["tiny", "model.hidden_size"], "not of the form key=value"),
+])
+def test_config_command_bad_input_is_one_line(args, words, tmp_path):
+    # The message a user sees is one line on stderr, exit 2, no traceback.
+    r = subprocess.run([sys.executable, "-m", "unif2ace.config", *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: ") and words in r.stderr
+
+
+def test_config_command_bad_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [\n")
+    r = subprocess.run([sys.executable, "-m", "unif2ace.config", str(bad)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"{bad}: not valid YAML" in r.stderr, r.stderr

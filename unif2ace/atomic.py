@@ -2,6 +2,14 @@
 
     with atomic_directory("runs/x/model") as tmp:     # fill tmp; it replaces runs/x/model on exit
         save_file(sd, tmp / "model.safetensors")
+    atomic_write_text("runs/x/metrics.json", text)    # one file
+    with atomic_open("runs/x/grid.png", "wb") as f:   # any writer that takes a file object
+        image.save(f, format="PNG")
+    with atomic_path("runs/x/w.safetensors") as tmp:  # any writer that wants a path
+        save_file(sd, tmp)
+
+Every temp file or directory sits beside its target (same file system, so ``os.replace`` is an
+atomic rename) under a dot-name, and is removed if the writer raises.
 """
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 @contextmanager
@@ -36,3 +44,48 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file path beside ``path`` for a writer to fill; on success it is flushed to
+    disk and renamed over ``path`` (mode 0644, as a plain ``open`` would make it); on error it
+    is deleted and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the writer may have closed its own handle without fsync
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = None) -> Iterator[IO]:
+    """``open(path, mode)`` that publishes the file only when the block succeeds (write modes)."""
+    if encoding is None and "b" not in mode:
+        encoding = "utf-8"
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)

@@ -460,7 +460,7 @@ def load_config(recipe: str | None = "tiny", overrides: list[str] | None = None)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     data = _merge(data, parse_overrides(overrides or []))
@@ -545,18 +545,16 @@ def describe(cls: type = Config, prefix: str = "") -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m unif2ace.config RECIPE [key=value ...]``: resolved config + parameter counts."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("\n".join(describe()))
-        return
-    cfg = load_config(argv[0], argv[1:])
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    from unif2ace.model.params import print_param_counts
-    print_param_counts(cfg.model)
+def print_help() -> None:
+    """``python -m unif2ace.config --help``: usage and every key with its docstring."""
+    print("usage: python -m unif2ace.config RECIPE [key=value ...]\n")
+    print(__doc__)
+    print("\n".join(describe()))
 
 
 if __name__ == "__main__":
-    main()
+    # The CLI also prints parameter counts, which need the model, and the model imports this
+    # module: the command lives in unif2ace.model.params so that no import cycle exists.
+    from unif2ace.model.params import main
+
+    sys.exit(main())

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from unif2ace.checkpoint.hf_io import CONFIG_NAME, CheckpointError, check_state_dict, load_pretrained
-from unif2ace.train.expert_parallel import LAYOUT_FILE, SHARD_FILE
+from unif2ace.checkpoint.expert_shards import LAYOUT_FILE, SHARD_FILE, merge_expert_shards, read_layout
+from unif2ace.checkpoint.run_config import read_run_config
 
 
 def zero_root(path: Path) -> Path | None:
@@ -32,7 +33,6 @@ def load_zero(root: str | os.PathLike, tag: str | None = None):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from unif2ace.model.unif2ace import UniF2ace
-    from unif2ace.train.checkpointing import read_run_config
 
     root = Path(root)
     tag = tag or (root / "latest").read_text().strip()
@@ -56,8 +56,6 @@ def _expert_parallel_state_dict(ckpt: Path) -> dict:
     come from rank 0's module state (the training dtype) plus every rank's expert shard."""
     import torch
     from safetensors.torch import load_file
-
-    from unif2ace.train.expert_parallel import merge_expert_shards
 
     states = ckpt / "mp_rank_00_model_states.pt"
     if not states.exists():
@@ -85,9 +83,7 @@ def _zero3_expert_parallel_state_dict(ckpt: Path) -> dict:
 
     import torch
 
-    from unif2ace.train.expert_parallel import EP_KEY, merge_expert_shards, read_layout
-
-    layout = read_layout(ckpt)
+    layout = read_layout(ckpt, CheckpointError)
     world, ep_of = int(layout["world_size"]), list(layout["ep_rank_of_rank"])
     if len(ep_of) != world:
         raise CheckpointError(f"{ckpt / LAYOUT_FILE}: {len(ep_of)} EP ranks listed for world size {world}")
@@ -102,7 +98,7 @@ def _zero3_expert_parallel_state_dict(ckpt: Path) -> dict:
     states = _load_zero(ckpt / "zero_pp_rank_0_mp_rank_00_model_states.pt")
     shapes = states["param_shapes"]
     dense: dict = {k: v for k, v in states["module"].items() if k in set(states["buffer_names"])}
-    shards: list[dict] = [{} for _ in range(int(layout[EP_KEY]))]
+    shards: list[dict] = [{} for _ in range(int(layout["expert_parallel_size"]))]
     for i, names in enumerate(shapes):
         # one merge per distinct partition group: all ranks (dense) or each expert-data-parallel group
         for members in {tuple(parts[r][i]["partition_ranks"]) for r in range(world)}:

@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in ("verify", "info"):
         print(__doc__)
-        return 2
+        return 0 if argv in (["-h"], ["--help"]) else 2
     cmd, d = argv
     if cmd == "verify":
         problems = verify(d)

@@ -1,7 +1,7 @@
 """SynthFace: procedural faces with fine-grained attributes, dense captions and VQA pairs.
 
 The built-in data set, rendered with PIL/NumPy in milliseconds per image so the whole
-pipeline runs on a laptop. Its taxonomy mirrors UniF²aceD-1M's (shared/DESIGN.md §7):
+pipeline runs on a laptop. Its taxonomy mirrors UniF²aceD-1M's (docs/design.md §5):
 hair, beard, accessories, skin, make-up, face shape, eyes and expression.
 
     import numpy as np

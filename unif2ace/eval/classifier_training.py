@@ -162,7 +162,7 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
 def _train(cfg: TrainClassifierConfig) -> dict:
     from tqdm import tqdm
 
-    from unif2ace.data.shards import atomic_write_text
+    from unif2ace.atomic import atomic_write_text
 
     categories = load_taxonomy(Path(cfg.data) / "attributes.json")
     mcfg = ClassifierConfig(**{**asdict(cfg.model), "categories": categories})

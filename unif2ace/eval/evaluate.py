@@ -224,7 +224,7 @@ def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: d
 def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, answer_fn: AnswerFn | None = None,
              decode_fn: DecodeFn | None = None) -> dict:
     """Run the enabled halves, write ``metrics.json`` + ``report.md`` (+ grids) into ``cfg.out``."""
-    from unif2ace.data.shards import atomic_write_text
+    from unif2ace.atomic import atomic_write_text
     from unif2ace.data.sources import SourceConfig, load_records
     from unif2ace.eval.attribute_classifier import load_taxonomy
     from unif2ace.eval.report import write_report

@@ -196,7 +196,7 @@ def render_markdown(metrics: dict, images: dict[str, str] | None = None) -> str:
 
 def write_report(out_dir: str | Path, metrics: dict, images: dict[str, str] | None = None) -> Path:
     """Write ``out_dir/report.md`` atomically; returns its path."""
-    from unif2ace.data.shards import atomic_write_text
+    from unif2ace.atomic import atomic_write_text
 
     path = Path(out_dir) / "report.md"
     atomic_write_text(path, render_markdown(metrics, images))

@@ -13,7 +13,7 @@ sequence-level router deciding on each forward. One step, for every still-unknow
 sample a code from the guided distribution, score it by its log-probability plus annealed
 Gumbel noise, keep the most confident ones and re-mask the rest.
 
-Show-o's sampler defects that this one avoids (shared/DESIGN.md §3):
+Show-o's sampler defects that this one avoids (docs/design.md §7):
   * its Gumbel temperature is multiplied by (1 − ratio) every step, a compounding product;
     here step s of T uses ``temperature · (1 − (s+1)/T)``, linear from the start value to 0;
   * it computes how many tokens stay masked from N, the whole image, which is wrong when some
@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from unif2ace.atomic import atomic_open
 from unif2ace.config import SampleConfig
 from unif2ace.tokens import TASK_T2I, build_t2i, mask_ratio
 
@@ -195,14 +195,6 @@ def codes_to_pil(tokenizer, codes: torch.Tensor, hw: tuple[int, int] | None = No
 
 def save_png(image, path: str | os.PathLike) -> Path:
     """Write a PIL image as PNG atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG")
+    return Path(path)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unif2ace.atomic import atomic_path, atomic_write_text
 from unif2ace.checkpoint.hf_io import CheckpointError, check_state_dict
 from unif2ace.config import ConfigError, _build
 from unif2ace.jsonfile import read_json
@@ -321,21 +320,6 @@ class Decoder(nn.Module):
 # --------------------------------------------------------------------------- the tokenizer
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a ``.safetensors`` file or a ``torch.save``d dict (``weights_only=True``)."""
     path = Path(path)
@@ -414,9 +398,10 @@ class MagvitV2(nn.Module):
         from safetensors.torch import save_file
         d = Path(directory)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(d / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        with atomic_path(d / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         text = json.dumps({"_class_name": "MagvitV2", **self.config.to_dict()}, indent=2)
-        _atomic_write(d / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write_text(d / CONFIG_NAME, text + "\n")
         return d
 
     def load_checked(self, state: dict[str, Tensor], source: str = "state dict") -> None:

@@ -18,9 +18,10 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from unif2ace.atomic import atomic_write_bytes
 
 QUESTION_TEMPLATE = "USER: {q} ASSISTANT:"
 """How a question is written before tokenizing (training shards and MMU inference must agree)."""
@@ -176,13 +177,5 @@ def train_sentencepiece(texts: Iterable[str], out: str | os.PathLike, vocab_size
         proto.pieces.add(piece=f"<unused_{i}>", score=0.0, type=pb.ModelProto.SentencePiece.UNUSED)
     if len(proto.pieces) != vocab_size:
         raise ValueError(f"SentencePiece produced {learned} pieces, more than vocab_size={vocab_size}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(out, proto.SerializeToString())
     return out

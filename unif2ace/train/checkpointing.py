@@ -37,18 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
+# Layout names and the run.json reader are shared with checkpoint loading (which must not import
+# training), so they live in unif2ace.checkpoint.run_config.
+from unif2ace.checkpoint.run_config import LATEST, RUN_META, CheckpointMismatch, read_run_config  # noqa: F401
 from unif2ace.config import Config
 from unif2ace.train import expert_parallel, faults
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
-RUN_META = "run.json"
 _STEP_RE = re.compile(r"^step(\d{8})$")
-
-
-class CheckpointMismatch(RuntimeError):
-    """The checkpoint was written by another config or world size, or is incomplete."""
 
 
 # --------------------------------------------------------------------------- RNG
@@ -129,16 +126,6 @@ def run_meta(cfg: Config, world_size: int, expert_parallel_size: int = 1) -> dic
     if expert_parallel_size > 1:  # absent otherwise, so checkpoints without EP read as before
         meta["expert_parallel_size"] = expert_parallel_size
     return meta
-
-
-def read_run_config(ckpt_dir: str | os.PathLike) -> Config:
-    """The full config that wrote a checkpoint (``run.json``), e.g. for tools/convert_checkpoint.py."""
-    from unif2ace.config import config_from_dict
-
-    path = Path(ckpt_dir) / RUN_META
-    if not path.exists():
-        raise CheckpointMismatch(f"{path}: missing (not a unif2ace training checkpoint, or an incomplete one)")
-    return config_from_dict(json.loads(path.read_text())["config"])
 
 
 def _meta_diff(a: Any, b: Any, prefix: str = "") -> list[str]:

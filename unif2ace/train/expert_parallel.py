@@ -59,16 +59,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# The file name and the merge are read by checkpoint loading too, so they live below training.
+from unif2ace.checkpoint.expert_shards import LAYOUT_FILE, SHARD_FILE, merge_expert_shards  # noqa: F401
+from unif2ace.checkpoint import expert_shards
+from unif2ace.checkpoint.expert_shards import STACK_KEYS as _STACK_KEYS
+
 log = logging.getLogger(__name__)
 
 EP_KEY = "expert_parallel_size"
 """Top-level key of a DeepSpeed JSON that turns EP on (ours; DeepSpeed ignores it)."""
-SHARD_FILE = "experts-ep{rank:03d}.safetensors"
-LAYOUT_FILE = "expert_parallel.json"
-"""ZeRO-3 EP checkpoints: EP size and every global rank's EP rank (written by rank 0)."""
 ZERO3_FAMILY = "autoep_expert"
 """The ZeRO-3 placement family DeepSpeed partitions over the expert-data-parallel group."""
-_STACK_KEYS = ("w1", "w2", "b1", "b2")
 
 
 class ExpertParallelError(RuntimeError):
@@ -461,9 +462,7 @@ def _save_layout(first: ShardedExperts, directory: str | os.PathLike) -> Path | 
 
 
 def read_layout(directory: str | os.PathLike) -> dict:
-    from unif2ace.jsonfile import read_json
-
-    return read_json(Path(directory) / LAYOUT_FILE, ExpertParallelError, name=str(Path(directory) / LAYOUT_FILE))
+    return expert_shards.read_layout(directory, ExpertParallelError)
 
 
 def _layout_mismatch(first: ShardedExperts, directory: str | os.PathLike) -> str | None:
@@ -507,31 +506,3 @@ def _master_mismatches(engine, saved: dict[str, torch.Tensor]) -> list[str]:
                 wrong.append(names[id(p)])
             offset += n
     return wrong
-
-
-def merge_expert_shards(state: dict[str, torch.Tensor],
-                        shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """A state dict of the EP model (shared_* and one rank's local_*) plus every EP rank's local
-    experts (in rank order) → the same weights in the unsharded ``ExpertStack`` layout
-    (``...experts.w1`` of shape (G, S+E, F, D), ...), as written by EP=1 runs."""
-    def split(k):  # "layers.3.ffn.experts.local_w1" → ("layers.3.ffn.", "experts", "local_w1")
-        head, _, leaf = k.rpartition(".")
-        owner, _, last = head.rpartition(".")
-        return (owner + "." if owner else ""), last, leaf
-
-    out, prefixes = {}, set()
-    for k, v in state.items():
-        prefix, last, leaf = split(k)
-        if last == "experts" and leaf.startswith(("local_", "shared_")):
-            prefixes.add(prefix)
-        else:
-            out[k] = v
-    for prefix in sorted(prefixes):
-        for key in _STACK_KEYS:
-            local = f"{prefix}experts.local_{key}"
-            if local not in state:
-                continue
-            parts = [s[local] for s in shards]
-            shared = state.get(f"{prefix}experts.shared_{key}")
-            out[f"{prefix}experts.{key}"] = torch.cat(([shared] if shared is not None else []) + parts, 1)
-    return out

@@ -30,6 +30,7 @@ import torch
 
 from unif2ace.config import Config, LossConfig, ModelConfig
 from unif2ace.tokens import TASK_T2I
+from unif2ace.train import flops
 
 PEAK_TFLOPS = {  # dense bf16 (no sparsity), by substring of torch.cuda.get_device_name()
     "H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0,
@@ -46,20 +47,25 @@ def _numel(p: torch.Tensor) -> int:
 
 def active_matmul_params(model: torch.nn.Module) -> int:
     """Parameters a token multiplies through: all but the input embedding table, with each
-    token-level MoE counted at its active size (shared + top-k routed experts)."""
+    token-level MoE counted at its active size (shared + top-k routed experts). The
+    sequence-level MoE is left out: its feature experts resample a pooled feature once per
+    sequence (model/moe/resampler.py), so per token they cost a 2-wide gate, not their weights."""
     total = sum(_numel(p) for n, p in model.named_parameters() if not n.startswith("embed_tokens."))
     for layer in getattr(model, "layers", []):
         ffn = getattr(layer, "ffn", None)
         act = getattr(ffn, "active_parameters", None)
         if callable(act):
             total += int(act()) - sum(_numel(p) for p in ffn.parameters())
+        seq = getattr(layer, "seq_moe", None)
+        if seq is not None:
+            total -= sum(_numel(p) for p in seq.parameters())
     return total
 
 
 def train_flops_per_token(model: torch.nn.Module, mcfg: ModelConfig) -> float:
     """6·N (forward + backward matmuls) + 12·layers·hidden·seq_len (attention scores and
     values, forward + backward), as in the PaLM / Megatron MFU accounting."""
-    return 6.0 * active_matmul_params(model) + 12.0 * mcfg.num_layers * mcfg.hidden_size * mcfg.seq_len
+    return flops.train_flops_per_token(active_matmul_params(model), mcfg.num_layers, mcfg.hidden_size, mcfg.seq_len)
 
 
 def device_peak_flops(override_tflops: float = 0.0) -> float | None:
@@ -194,7 +200,7 @@ class StepMeter:
         row["samples_per_s"] = self.samples / dt * self.world_size
         row["step_time_s"] = dt
         if self.peak:
-            row["mfu"] = self.tokens / dt * self.flops_per_token / self.peak
+            row["mfu"] = flops.mfu(self.tokens / dt, self.flops_per_token, self.peak)
         self.reset()
         return {"row": row, "flags": summed}
 

@@ -1,4 +1,4 @@
-"""Grouped token-level and sequence-level MoE (paper §2 in shared/DESIGN.md).
+"""Grouped token-level and sequence-level MoE (docs/design.md §2).
 
     from unif2ace.model.moe import ZERO3_LEAF_MODULES
     deepspeed.utils.set_z3_leaf_modules(model, list(ZERO3_LEAF_MODULES))

@@ -12,7 +12,7 @@ grouped GEMM) are called with *our* routing and *our* stacked weights, viewed as
 route identically and a checkpoint moves between them unchanged. dMoE's own router and weights
 are created on the meta device and never used.
 
-Defaults that would bite (see shared/DESIGN.md §4): ``fp16=True`` is MegaBlocks' default and
+Defaults that would bite (docs/design.md §8): ``fp16=True`` is MegaBlocks' default and
 wins over ``bf16`` → both flags are set from the weight dtype; ``mlp_impl='sparse'`` fails
 with triton ≥ 3.2 → 'grouped'; its global load-balancing list would grow (and double under
 activation checkpointing) → ``moe_loss_weight=0`` so nothing is saved, and the list and the

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from unif2ace.atomic import atomic_open
 
 ROUTING_KEYS = ("route_frac_gen", "route_frac_und", "seq_route_gen", "seq_route_und")
 _KEY = re.compile(r"^L(\d+)/(.+)$")
@@ -49,7 +50,7 @@ class RoutingStats:
 
 def save_heatmap(matrix: np.ndarray, path: str | os.PathLike, title: str = "",
                  xlabel: str = "expert", ylabel: str = "layer") -> Path:
-    """Write a (layers, experts) heat map as PNG, atomically (temp file + os.replace)."""
+    """Write a (layers, experts) heat map as PNG, atomically (unif2ace/atomic.py)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -70,14 +71,9 @@ def save_heatmap(matrix: np.ndarray, path: str | os.PathLike, title: str = "",
         ax.set_title(title)
     fig.colorbar(im, ax=ax, label="fraction of tokens")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     finally:
         plt.close(fig)
     return path
