@@ -13,7 +13,8 @@
         --out runs/ffhq/shards --workers 8
 
 Re-running the same command resumes: finished shards are skipped, a half-written one is
-discarded and redone. Inputs that cannot be used are listed in OUT/bad_inputs.jsonl and
+discarded and redone, and a damaged one (size or sha256 no longer what was written, e.g.
+truncated by a full disk) is rewritten; nothing else is touched. Inputs that cannot be used are listed in OUT/bad_inputs.jsonl and
 the summary; the run never stops on one bad file. Exit status 0 when every shard is
 written, 1 when some shard failed (re-run to retry it). Features, tokenization and the
 shard format: ``unif2ace/data/precompute.py`` and ``unif2ace/data/shards.py``.
@@ -24,6 +25,7 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -44,6 +46,12 @@ def _yaml(path: str | None, what: str) -> dict:
     if not isinstance(data, dict):
         raise SystemExit(f"{path}: expected a mapping of {what} fields")
     return data
+
+
+def _rebuild_command(argv: list[str]) -> str:
+    """This command as it should be re-run to repair the shards (without --overwrite, which
+    would redo every shard)."""
+    return shlex.join(["python", "tools/precompute_tokens.py", *(a for a in argv if a != "--overwrite")])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                            image_size=image_size, split=args.split, shard_size=args.shard_size,
                            batch_size=args.batch_size, workers=args.workers, threads=args.threads,
                            device=args.device, min_image_size=args.min_image_size,
-                           require_caption=not args.allow_empty_captions, limit=args.limit)
+                           require_caption=not args.allow_empty_captions, limit=args.limit,
+                           command=_rebuild_command(sys.argv[1:] if argv is None else argv))
     if args.overwrite:
         overwrite(Path(args.out))
     try:

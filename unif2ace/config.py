@@ -204,7 +204,8 @@ class DataConfig:
     seed: int = 0
     """Seed of the shuffle and the masking (each sample's randomness: seed, epoch, sample)."""
     verify: bool = False
-    """Recompute every shard file's sha256 against the manifest when the loader starts."""
+    """Recompute every shard file's sha256 against the manifest when the loader starts (file
+    sizes are always checked; a damaged shard is one error naming the file and the fix)."""
 
 
 @dataclass
