@@ -32,6 +32,7 @@ import numpy as np
 
 from unif2ace.data import shards as S
 from unif2ace.data.sources import BadInput, Record, SourceConfig, fit_square, load_records, open_image
+from unif2ace.data.spec import SourceSpec, load_spec_records
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def overwrite(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def run(cfg: PrecomputeConfig, source: SourceConfig, feature_cfg, progress: bool = True,
+def run(cfg: PrecomputeConfig, source: SourceConfig | SourceSpec, feature_cfg, progress: bool = True,
         records: list[Record] | None = None, model_cfg=None) -> dict:
     """Write (or finish writing) the shards; returns the summary (also printed by the tool).
 
@@ -324,7 +325,10 @@ def run(cfg: PrecomputeConfig, source: SourceConfig, feature_cfg, progress: bool
     if stale:
         log.warning("%s: removed %d half-written shard(s) of an interrupted run", out, stale)
     if records is None:
-        records = load_records(source, split=cfg.split or None)
+        if isinstance(source, SourceSpec):  # a declarative spec; its errors stop the run here
+            records = load_spec_records(source, split=cfg.split or None)
+        else:
+            records = load_records(source, split=cfg.split or None)
     if cfg.limit:
         records = records[:cfg.limit]
     if not records:

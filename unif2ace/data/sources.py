@@ -103,8 +103,9 @@ class Record:
     id: str
     split: str
     identity: str
-    image: str | bytes | None
-    """Absolute path, encoded bytes, or None when the row has no image."""
+    image: Any
+    """Absolute path, encoded bytes, an object with ``read() -> bytes`` (an archive member or a
+    video frame, read in place), or None when the row has no image."""
     caption: str
     qa: list[QA]
     attributes: dict
@@ -301,9 +302,14 @@ def open_image(rec: Record, min_size: int = 16) -> tuple[Image.Image, list[str]]
     """
     if rec.image is None:
         raise BadInput("no image in the metadata row")
-    src = io.BytesIO(rec.image) if isinstance(rec.image, bytes) else rec.image
     notes: list[str] = []
     try:
+        if isinstance(rec.image, bytes):
+            src = io.BytesIO(rec.image)
+        elif isinstance(rec.image, str):
+            src = rec.image
+        else:  # read in place: an archive member or a video frame (unif2ace.data.spec)
+            src = io.BytesIO(rec.image.read())
         with Image.open(src) as im:
             im.load()  # decodes now, so truncation surfaces here
             im = ImageOps.exif_transpose(im)

@@ -1,0 +1,755 @@
+"""Declarative source specs: one YAML file per data set says which files hold what and how
+their rows join; reading it gives the records precompute tokenizes plus every problem found.
+
+    from unif2ace.data.spec import load_spec, read_source
+    spec = load_spec("data/specs/unif2aced.yaml")
+    result = read_source(spec)             # .records (list[Record]), .problems, .splits()
+    for p in result.problems: print(p)     # "error: captions/test.json:12: …", one line each
+
+    python tools/inspect_source.py data/specs/unif2aced.yaml      # the same, as a report
+    python tools/precompute_tokens.py --spec data/specs/unif2aced.yaml …
+
+A spec (every key optional except ``tables``)::
+
+    root: /data/UniF2aceD-1M     # relative paths start here (default: the spec's folder)
+    join_on: stem                # how keys of different tables compare: stem | name | path
+    images:                      # where an image named by a key or an image field is looked up
+      - dir: images
+      - tar: "images/*.tar"      # archives are indexed and read in place, not unpacked
+    captions: expand             # list-valued captions: expand (one sample each) | first | join
+    default_split: train
+    allow_split_overlap: false   # an image or identity in two splits is an error unless true
+    tables:
+      - files: {train: captions/train.json, test: captions/test.json}   # split per file
+        fields: {key: image, caption: text, identity: celeb_id}
+      - files: vqa/*.parquet     # str, list, or {split: globs}
+        fields: {key: image, qa: qa}          # a list of {question, answer} or its JSON text
+        qa_keys: {question: q, answer: a}
+        rows_per_key: many       # one QA pair per row: rows with the same key are merged
+      - files: llava.json
+        fields: {key: image, conversations: conversations}   # [{from, value}, …]
+      - files: shards/*.tar
+        format: webdataset       # datasets' webdataset loader; image fields are read in place
+        fields: {key: __key__, image: jpg, caption: json.caption}
+
+Fields are dotted paths into a row (``meta.caption``, ``annotations.0.text``). ``layout:
+mapping`` reads one JSON object keyed by image name (the key is the object's key);
+``records: annotations`` reads the row list under that key of a JSON file. Tables are read
+with ``datasets`` (json / parquet / webdataset, streaming, file by file so that every
+problem names its file and row); a file ``datasets`` cannot read is a problem, not a
+traceback. ``identity_regex`` derives a person id from the identity field or, without one,
+from the key (e.g. a CelebV-HQ clip's video id); ``image_template`` builds an image path from
+fields (``frames/{video}/{frame:05d}.jpg``); ``video`` + ``frame`` fields name a frame of a
+video file, decoded with OpenCV.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import re
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import yaml
+
+from unif2ace.data.sources import QA, Record
+
+# --------------------------------------------------------------------------- the spec
+
+
+@dataclass
+class FileGroup:
+    globs: list[str] = field(default_factory=list)
+    """Files or globs (relative to root)."""
+    split: str = ""
+    """Split of every row of these files ('' = the split field, else default_split)."""
+
+
+@dataclass
+class Fields:
+    """Dotted paths into a row; '' = the table has no such field."""
+
+    key: str = ""
+    """Join key (mapping layout: the object's key; '' = the image field)."""
+    image: str = ""
+    """Image reference: a path or name (looked up under images), bytes, or an HF Image struct."""
+    caption: str = ""
+    """A caption, a list of captions, or the JSON text of a list."""
+    qa: str = ""
+    """A list of QA objects (keys in qa_keys) or [question, answer] pairs, or its JSON text."""
+    question: str = ""
+    """One question (or a list) per row, with answer (and category) beside it."""
+    answer: str = ""
+    """The answer(s) matching question."""
+    category: str = ""
+    """The category / categories matching question."""
+    conversations: str = ""
+    """LLaVA-style turns [{from: human|gpt, value}, …], or their JSON text."""
+    identity: str = ""
+    """Person id (see identity_regex)."""
+    split: str = ""
+    """Split name per row."""
+    attributes: str = ""
+    """Mapping of ground-truth attributes, or its JSON text."""
+    video: str = ""
+    """Path of a video file whose frame (field frame) is the image."""
+    frame: str = ""
+    """Frame index into video."""
+
+
+@dataclass
+class QAKeys:
+    question: str = "question"
+    answer: str = "answer"
+    category: str = "category"
+
+
+@dataclass
+class ConversationKeys:
+    role: str = "from"
+    text: str = "value"
+    user: list[str] = field(default_factory=lambda: ["human", "user"])
+    assistant: list[str] = field(default_factory=lambda: ["gpt", "assistant"])
+
+
+@dataclass
+class Table:
+    files: list[FileGroup] = field(default_factory=list)
+    """``path``, ``[paths]`` or ``{split: paths}``."""
+    format: Literal["auto", "json", "parquet", "webdataset"] = "auto"
+    """auto: by extension (.json/.jsonl, .parquet, .tar)."""
+    layout: Literal["rows", "mapping"] = "rows"
+    """rows: a list / JSON lines / table of records; mapping: one JSON object {key: record}."""
+    records: str = ""
+    """JSON files only: the key holding the row list (datasets' json ``field``)."""
+    fields: Fields = field(default_factory=Fields)
+    qa_keys: QAKeys = field(default_factory=QAKeys)
+    conversation_keys: ConversationKeys = field(default_factory=ConversationKeys)
+    image_template: str = ""
+    """Image path built from fields, e.g. ``frames/{video_id}/{frame:05d}.jpg``."""
+    identity_regex: str = ""
+    """First group of this regex over the identity field (or the key when there is none)."""
+    rows_per_key: Literal["one", "many"] = "one"
+    """many: several rows per key are expected and merged; one: a repeated key is a problem."""
+
+
+@dataclass
+class ImageRoot:
+    dir: str = ""
+    tar: str = ""
+
+
+@dataclass
+class SourceSpec:
+    tables: list[Table] = field(default_factory=list)
+    root: str = ""
+    join_on: Literal["stem", "name", "path"] = "stem"
+    images: list[ImageRoot] = field(default_factory=list)
+    captions: Literal["expand", "first", "join"] = "expand"
+    default_split: str = "train"
+    allow_split_overlap: bool = False
+    name: str = ""
+    path: str = ""
+    """The spec file (set by load_spec)."""
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read, or a source with errors; the message names the file."""
+
+
+def _norm_files(value, where: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"globs": [value]}]
+    if isinstance(value, list):
+        if all(isinstance(v, dict) for v in value):
+            return value
+        return [{"globs": [str(v) for v in value]}]
+    if isinstance(value, dict):
+        return [{"globs": [v] if isinstance(v, str) else list(v), "split": str(k)} for k, v in value.items()]
+    raise SpecError(f"{where}: files must be a path, a list of paths or {{split: paths}}, got {value!r}")
+
+
+def spec_from_dict(data: dict, path: str = "") -> SourceSpec:
+    """Typed build (unknown keys and wrong types raise SpecError naming the key)."""
+    from unif2ace.config import ConfigError, _build  # the repo's one typed-dataclass builder
+
+    data = dict(data)
+    tables = data.get("tables")
+    if not isinstance(tables, list) or not tables:
+        raise SpecError(f"{path or 'spec'}: 'tables' must be a non-empty list")
+    norm = []
+    for i, t in enumerate(tables):
+        if not isinstance(t, dict) or "files" not in t:
+            raise SpecError(f"{path or 'spec'}: tables[{i}] needs 'files'")
+        norm.append({**t, "files": _norm_files(t["files"], f"{path}: tables[{i}]")})
+    data["tables"] = norm
+    data["images"] = [{"dir": v} if isinstance(v, str) else v for v in data.get("images", [])]
+    try:
+        spec = _build(SourceSpec, data, "spec.")
+    except ConfigError as e:
+        raise SpecError(f"{path or 'spec'}: {e}") from None
+    spec.path = path
+    base = Path(path).parent if path else Path(".")
+    spec.root = str((base / Path(spec.root).expanduser()) if spec.root else base)
+    return spec
+
+
+def load_spec(path: str | Path) -> SourceSpec:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping with 'tables'")
+    return spec_from_dict(data, str(path))
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class Problem:
+    level: Literal["error", "warning"]
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.where}: {self.message}"
+
+
+class _FieldError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- images in place
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    """An image inside a tar file, read in place (offset and size from the tar's index)."""
+
+    archive: str
+    name: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.archive, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.archive}: member {self.name} cut short ({len(data)} of {self.size} bytes)")
+        return data
+
+    def __str__(self) -> str:
+        return f"{self.archive}:{self.name}"
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """Frame ``index`` of a video file, decoded with OpenCV when read."""
+
+    video: str
+    index: int
+
+    def read(self) -> bytes:
+        try:
+            import cv2
+        except ImportError:
+            raise OSError("video frames need OpenCV (pip install opencv-python-headless)") from None
+        if not Path(self.video).is_file():
+            raise FileNotFoundError(self.video)
+        cap = cv2.VideoCapture(self.video)
+        try:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, self.index)
+            ok, frame = cap.read()
+        finally:
+            cap.release()
+        if not ok:
+            raise OSError(f"{self.video}: no frame {self.index}")
+        ok, png = cv2.imencode(".png", frame)
+        return png.tobytes()
+
+    def __str__(self) -> str:
+        return f"{self.video}#frame={self.index}"
+
+
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class _ImageIndex:
+    """Finds an image by name under the spec's folders and inside its archives."""
+
+    def __init__(self, spec: SourceSpec):
+        self.root = Path(spec.root)
+        self.dirs = [self.root / r.dir for r in spec.images if r.dir]
+        self.tars = [p for r in spec.images if r.tar for p in sorted(glob.glob(str(self.root / r.tar)))]
+        self.join_on = spec.join_on
+        self._members: dict[str, ArchiveMember] | None = None
+        self._by_tar: dict[str, dict[str, ArchiveMember]] = {}
+
+    def tar_members(self, path: str) -> dict[str, ArchiveMember]:
+        if path not in self._by_tar:
+            with tarfile.open(path) as t:  # headers only: the index costs one pass over them
+                self._by_tar[path] = {m.name: ArchiveMember(path, m.name, m.offset_data, m.size)
+                                      for m in t.getmembers() if m.isfile()}
+        return self._by_tar[path]
+
+    def members(self) -> dict[str, ArchiveMember]:
+        if self._members is None:
+            self._members = {}
+            for p in self.tars:
+                for name, m in self.tar_members(p).items():
+                    if name.lower().endswith(_IMAGE_EXT):
+                        self._members.setdefault(join_key(name, self.join_on), m)
+                        self._members.setdefault(name, m)
+        return self._members
+
+    def find(self, ref: str) -> str | ArchiveMember | None:
+        p = Path(ref).expanduser()
+        if p.is_absolute():
+            return str(p)
+        names = [ref] if Path(ref).suffix else [ref + e for e in _IMAGE_EXT]
+        for d in self.dirs or [self.root]:
+            for n in names:
+                if (d / n).is_file():
+                    return str((d / n).absolute())
+        if self.tars:
+            m = self.members()
+            hit = m.get(ref) or m.get(join_key(ref, self.join_on))
+            if hit is not None:
+                return hit
+        return None
+
+
+def join_key(value: str, how: str) -> str:
+    """The key rows of different tables meet on: the full path, the file name, or its stem."""
+    value = str(value).replace("\\", "/")
+    if how == "path":
+        return value
+    name = value.rsplit("/", 1)[-1]
+    if how == "name":
+        return name
+    return name.rsplit(".", 1)[0] if name.lower().endswith(_IMAGE_EXT) else name
+
+
+# --------------------------------------------------------------------------- reading tables
+
+
+def get_path(row: Any, path: str) -> Any:
+    """``row`` at dotted ``path`` (list items by index); None where any step is missing."""
+    cur = row
+    for part in path.split("."):
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, (list, tuple)) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+        if cur is None:
+            return None
+    return cur
+
+
+def _json_text(value: Any, what: str) -> Any:
+    """Parse a str holding JSON (common for nested fields in parquet); other values pass."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise _FieldError(f"{what} is text that starts like JSON but does not parse ({e.msg} at char {e.pos})")
+    return value
+
+
+def _format_of(table: Table, files: list[str]) -> str:
+    if table.format != "auto":
+        return table.format
+    kinds = set()
+    for f in files:
+        low = f.lower()
+        kinds.add("parquet" if low.endswith(".parquet") else "json" if low.endswith((".json", ".jsonl"))
+                  else "webdataset" if low.endswith(".tar") else "?")
+    if "?" in kinds or len(kinds) != 1:
+        raise SpecError(f"cannot tell the format of {files}; set the table's format: json | parquet | webdataset")
+    return kinds.pop()
+
+
+def _iter_file(spec: SourceSpec, table: Table, fmt: str, path: str) -> Iterator[dict]:
+    """Rows of one file, through ``datasets`` (streaming: nothing is copied to a cache)."""
+    if table.layout == "mapping":
+        from unif2ace.jsonfile import read_json
+
+        obj = read_json(path, _FieldError)
+        if table.records:
+            obj = get_path(obj, table.records)
+        if not isinstance(obj, dict):
+            raise _FieldError(f"layout mapping expects one JSON object keyed by image, got {type(obj).__name__}")
+        for k, v in obj.items():
+            yield {"__key__": k, **(v if isinstance(v, dict) else {"value": v})}
+        return
+    import datasets
+
+    kw: dict[str, Any] = {}
+    if fmt == "json" and table.records:
+        kw["field"] = table.records
+    ds = datasets.load_dataset(fmt, data_files=[path], split="train", streaming=True, **kw)
+    if fmt == "webdataset" or any(isinstance(f, datasets.Image) for f in (ds.features or {}).values()):
+        ds = ds.decode(False)  # keep images encoded: they are decoded once, in precompute
+    yield from ds
+
+
+@dataclass
+class _Entry:
+    """What the tables say about one key."""
+
+    key: str
+    rows: list[str] = field(default_factory=list)
+    image: Any = None
+    name: str = ""
+    """The key as first written (e.g. ffhq/00012.png): where to look when no image field names one."""
+    captions: list[str] = field(default_factory=list)
+    qa: list[QA] = field(default_factory=list)
+    identity: str | None = None
+    split: str | None = None
+    split_from: str = ""
+    attributes: dict = field(default_factory=dict)
+
+
+def _captions(value: Any) -> list[str]:
+    value = _json_text(value, "caption")
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for c in items:
+        if isinstance(c, dict):  # {"caption": …} / {"text": …} objects
+            c = c.get("caption", c.get("text"))
+        if not isinstance(c, str):
+            raise _FieldError(f"caption item {c!r} is not text")
+        if c.strip():
+            out.append(c.strip())
+    return out
+
+
+def _qa_items(table: Table, value: Any) -> list[QA]:
+    value = _json_text(value, "qa")
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise _FieldError(f"qa is a {type(value).__name__}, not a list of question/answer objects")
+    k = table.qa_keys
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            q, a, cat = item[0], item[1], ""
+        elif isinstance(item, dict):
+            q, a = get_path(item, k.question), get_path(item, k.answer)
+            cat = get_path(item, k.category) if k.category else ""
+        else:
+            raise _FieldError(f"qa[{i}] is {item!r}, not a question/answer object")
+        if q is None or a is None or not str(q).strip() or not str(a).strip():
+            raise _FieldError(f"qa[{i}] lacks '{k.question}' or '{k.answer}' (keys: {sorted(item) if isinstance(item, dict) else '-'})")
+        out.append(QA(str(q).strip(), str(a).strip(), "" if cat is None else str(cat)))
+    return out
+
+
+_IMAGE_MARK = re.compile(r"\s*<image>\s*")
+
+
+def _conversation(table: Table, value: Any) -> tuple[list[QA], list[str]]:
+    """LLaVA turns → (question, answer) pairs with the <image> markers removed; notes on
+    turns that could not be paired."""
+    value = _json_text(value, "conversations")
+    if value is None:
+        return [], []
+    if not isinstance(value, (list, tuple)):
+        raise _FieldError(f"conversations is a {type(value).__name__}, not a list of turns")
+    k = table.conversation_keys
+    out, notes, pending = [], [], None
+    for i, turn in enumerate(value):
+        role = get_path(turn, k.role) if isinstance(turn, dict) else None
+        text = get_path(turn, k.text) if isinstance(turn, dict) else None
+        if role is None or text is None:
+            raise _FieldError(f"conversations[{i}] lacks '{k.role}' or '{k.text}'")
+        text = _IMAGE_MARK.sub(" ", str(text)).strip()
+        if role in k.user:
+            if pending is not None:
+                notes.append(f"conversations[{i - 1}]: question without an answer")
+            pending = text
+        elif role in k.assistant:
+            if pending is None:
+                notes.append(f"conversations[{i}]: answer without a question")
+            elif text and pending:
+                out.append(QA(pending, text))
+            else:
+                notes.append(f"conversations[{i}]: empty question or answer")
+            pending = None
+        else:
+            notes.append(f"conversations[{i}]: unknown role {role!r} (user {k.user}, assistant {k.assistant})")
+    if pending is not None:
+        notes.append("last question has no answer")
+    return out, notes
+
+
+def _split_questions(table: Table, row: dict) -> list[QA]:
+    f = table.fields
+    qs, ans = get_path(row, f.question), get_path(row, f.answer)
+    if qs is None and ans is None:
+        return []
+    qs = qs if isinstance(qs, list) else [qs]
+    ans = ans if isinstance(ans, list) else [ans]
+    cats = get_path(row, f.category) if f.category else None
+    cats = cats if isinstance(cats, list) else [cats] * len(qs)
+    if len(qs) != len(ans):
+        raise _FieldError(f"{len(qs)} questions but {len(ans)} answers")
+    return [QA(str(q).strip(), str(a).strip(), "" if c is None else str(c))
+            for q, a, c in zip(qs, ans, cats) if q is not None and a is not None]
+
+
+def _image_ref(spec: SourceSpec, table: Table, row: dict, index: _ImageIndex, fmt: str):
+    """The image a row names: bytes, a lazy archive member / video frame, or a name to look up."""
+    f = table.fields
+    if f.video:
+        video, frame = get_path(row, f.video), get_path(row, f.frame) if f.frame else 0
+        if video is None:
+            return None
+        p = Path(str(video)).expanduser()
+        try:
+            return VideoFrame(str(p if p.is_absolute() else Path(spec.root) / p), int(frame or 0))
+        except (TypeError, ValueError):
+            raise _FieldError(f"frame {frame!r} is not an integer")
+    if table.image_template:
+        try:
+            return table.image_template.format(**{k: v for k, v in row.items() if isinstance(k, str)})
+        except (KeyError, ValueError, IndexError) as e:
+            raise _FieldError(f"image_template {table.image_template!r}: {type(e).__name__} {e}")
+    if not f.image:
+        return None
+    value = get_path(row, f.image)
+    if fmt == "webdataset" and isinstance(value, dict) and row.get("__url__"):
+        # datasets read the bytes while streaming; keep a lazy reference instead of holding them
+        ext = f.image.split(".")[0]
+        m = index.tar_members(row["__url__"]).get(f"{row['__key__']}.{ext}")
+        if m is not None:
+            return m
+    if isinstance(value, dict):  # HF Image struct
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value) or None
+    return str(value) if value not in (None, "") else None
+
+
+def _files_of(spec: SourceSpec, group: FileGroup, where: str) -> list[str]:
+    out = []
+    for g in group.globs:
+        p = Path(g).expanduser()
+        full = str(p if p.is_absolute() else Path(spec.root) / p)
+        hits = sorted(glob.glob(full))
+        if not hits:
+            raise SpecError(f"{where}: {full} matches no file")
+        out += hits
+    return out
+
+
+# --------------------------------------------------------------------------- the whole source
+
+
+@dataclass
+class SourceRead:
+    records: list[Record]
+    problems: list[Problem]
+    files: list[tuple[str, int]]
+    """(file, rows read) per table file, in order."""
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
+
+    def splits(self) -> dict[str, dict[str, int]]:
+        """Per split: samples, distinct images (keys), identities, QA pairs."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.records:
+            s = out.setdefault(r.split, {"samples": 0, "images": set(), "identities": set(), "qa_pairs": 0})
+            s["samples"] += 1
+            s["images"].add(r.id.split("#")[0])
+            s["identities"].add(r.identity)
+            s["qa_pairs"] += len(r.qa)
+        return {k: {**v, "images": len(v["images"]), "identities": len(v["identities"])} for k, v in sorted(out.items())}
+
+
+def read_source(spec: SourceSpec, check_images: bool = True) -> SourceRead:
+    """Read every table, join rows on their keys, resolve images, check the result.
+
+    Never raises on bad data: every problem is collected (one line each, naming file and
+    row). Raises SpecError only when the spec itself is unusable (a glob that matches nothing).
+    """
+    index = _ImageIndex(spec)
+    entries: dict[str, _Entry] = {}
+    problems: list[Problem] = []
+    files_read: list[tuple[str, int]] = []
+    has_identity = any(t.fields.identity or t.identity_regex for t in spec.tables)
+    for ti, table in enumerate(spec.tables):
+        where_t = f"{spec.path or 'spec'}: tables[{ti}]"
+        seen_here: dict[str, str] = {}
+        for group in table.files:
+            files = _files_of(spec, group, where_t)
+            fmt = _format_of(table, files)
+            for path in files:
+                n = 0
+                try:
+                    for n, row in enumerate(_iter_file(spec, table, fmt, path), 1):
+                        _take_row(spec, table, fmt, group, row, f"{path}:{n}", index, entries, seen_here, problems)
+                except Exception as e:  # datasets / pyarrow / json: one line naming the file
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    cause = e.__cause__ or e.__context__
+                    if cause is not None and str(cause).strip():
+                        msg += f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0]})"
+                    problems.append(Problem("error", f"{path}:{n + 1}" if n else path,
+                                            f"cannot be read as {fmt} ({type(e).__name__}: {msg[:300]})"))
+                files_read.append((path, n))
+    records = _records(spec, entries, index, problems, check_images)
+    if not has_identity:
+        problems.append(Problem("warning", spec.path or "spec", "no identity field: every image counts as its own "
+                                "person, so the splits cannot be checked for people who appear in several"))
+    _check_overlap(spec, records, problems)
+    return SourceRead(records, problems, files_read)
+
+
+def _take_row(spec, table, fmt, group, row, where, index, entries, seen_here, problems) -> None:
+    f = table.fields
+    try:
+        raw_key = row.get("__key__") if table.layout == "mapping" else get_path(row, f.key or f.image)
+        image = _image_ref(spec, table, row, index, fmt)
+        if raw_key is None or isinstance(raw_key, (dict, bytes)):
+            raw_key = image if isinstance(image, str) else None
+        if raw_key is None or str(raw_key).strip() == "":
+            problems.append(Problem("error", where, f"no key (field '{f.key or f.image}' is empty or missing)"))
+            return
+        key = join_key(str(raw_key), spec.join_on)
+        if key in seen_here and table.rows_per_key == "one":
+            problems.append(Problem("error", where, f"duplicate key {key!r} (first at {seen_here[key]}); set "
+                                    "rows_per_key: many if this table has several rows per image"))
+        seen_here.setdefault(key, where)
+        e = entries.setdefault(key, _Entry(key, name=str(raw_key)))
+        e.rows.append(where)
+        if image is not None:
+            if e.image is not None and e.image != image and not (isinstance(image, str) and isinstance(e.image, str)
+                                                                  and join_key(image, "path") == join_key(e.image, "path")):
+                problems.append(Problem("warning", where, f"key {key!r} names another image than {e.rows[0]}; "
+                                        "keeping the first"))
+            else:
+                e.image = image
+        if f.caption:
+            e.captions += [c for c in _captions(get_path(row, f.caption)) if c not in e.captions]
+        if f.qa:
+            e.qa += _qa_items(table, get_path(row, f.qa))
+        if f.question:
+            e.qa += _split_questions(table, row)
+        if f.conversations:
+            pairs, notes = _conversation(table, get_path(row, f.conversations))
+            e.qa += pairs
+            problems += [Problem("warning", where, n) for n in notes]
+        split = group.split or (get_path(row, f.split) if f.split else None)
+        if split not in (None, ""):
+            split = str(split)
+            if e.split is not None and e.split != split:
+                problems.append(Problem("error", where, f"key {key!r} is in split {split!r} here but {e.split!r} "
+                                        f"at {e.split_from}"))
+            elif e.split is None:
+                e.split, e.split_from = split, where
+        ident = get_path(row, f.identity) if f.identity else None
+        if table.identity_regex:
+            src = key if ident in (None, "") else str(ident)
+            m = re.search(table.identity_regex, src)
+            if m is None:
+                problems.append(Problem("warning", where, f"identity_regex {table.identity_regex!r} does not "
+                                        f"match {src!r}"))
+            ident = m.group(1) if m and m.groups() else (m.group(0) if m else ident)
+        if ident not in (None, ""):
+            if e.identity is not None and e.identity != str(ident):
+                problems.append(Problem("error", where, f"key {key!r}: identity {ident!r} here but "
+                                        f"{e.identity!r} in an earlier row"))
+            e.identity = str(ident)
+        if f.attributes:
+            attrs = _json_text(get_path(row, f.attributes), "attributes")
+            if attrs is not None:
+                e.attributes.update(attrs if isinstance(attrs, dict) else {"value": attrs})
+    except _FieldError as err:
+        problems.append(Problem("error", where, str(err)))
+
+
+def _records(spec, entries, index, problems, check_images) -> list[Record]:
+    out = []
+    for key, e in entries.items():
+        where = e.rows[0]
+        image = e.image
+        if image is None or isinstance(image, str) and not Path(image).is_absolute():
+            names = [image] if image is not None else [e.name, e.name.rsplit("/", 1)[-1], key]
+            found = next((f for f in map(index.find, dict.fromkeys(names)) if f is not None), None)
+            if found is None:  # precompute skips it and lists it as a bad input
+                if check_images:
+                    problems.append(Problem("warning", where, f"missing image: {names[0]!r} is in none of "
+                                            f"{[str(d) for d in index.dirs] + index.tars or [spec.root]}"))
+                image = str((index.dirs[0] if index.dirs else index.root) / names[0])
+            else:
+                image = found
+        elif isinstance(image, str) and check_images and not Path(image).is_file():
+            problems.append(Problem("warning", where, f"missing image: {image}"))
+        if not e.captions and not e.qa:
+            problems.append(Problem("warning", where, f"key {key!r} has neither a caption nor QA pairs"))
+        split = e.split or spec.default_split
+        ident = e.identity if e.identity is not None else key
+        caps = e.captions
+        if spec.captions == "first":
+            caps = caps[:1]
+        elif spec.captions == "join":
+            caps = [" ".join(caps)] if caps else []
+        shown = str(image) if image is not None and not isinstance(image, bytes) else where
+        if len(caps) <= 1:
+            out.append(Record(key, split, ident, image, caps[0] if caps else "", e.qa, e.attributes, shown))
+            continue
+        for i, c in enumerate(caps):  # one sample per caption; QA once (on the first), not repeated
+            out.append(Record(f"{key}#{i}", split, ident, image, c, e.qa if i == 0 else [], e.attributes, shown))
+    return out
+
+
+def _check_overlap(spec: SourceSpec, records: list[Record], problems: list[Problem]) -> None:
+    """An identity or an image in more than one split leaks test faces into training."""
+    level = "warning" if spec.allow_split_overlap else "error"
+    for what, get in (("identity", lambda r: r.identity), ("image", lambda r: str(r.image) if r.image is not None
+                                                              and not isinstance(r.image, bytes) else None)):
+        by: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for r in records:
+            k = get(r)
+            if k is not None:
+                by[k][r.split].append(r.id)
+        for k, splits in by.items():
+            if len(splits) > 1:
+                parts = ", ".join(f"{s} ({len(ids)}, e.g. {ids[0]})" for s, ids in sorted(splits.items()))
+                problems.append(Problem(level, spec.path or "spec", f"{what} {k!r} is in splits {parts}"
+                                        + ("" if spec.allow_split_overlap else
+                                           " (leakage; set allow_split_overlap: true if intended)")))
+
+
+def load_spec_records(spec: SourceSpec, split: str | None = None) -> list[Record]:
+    """Records for precompute; raises SpecError listing every error (one line each)."""
+    result = read_source(spec)
+    errs = result.errors
+    if errs:
+        shown = "\n".join(str(p) for p in errs[:20]) + (f"\n… {len(errs) - 20} more" if len(errs) > 20 else "")
+        raise SpecError(f"{spec.path or 'spec'}: {len(errs)} error(s); run tools/inspect_source.py for the "
+                        f"full report\n{shown}")
+    return [r for r in result.records if not split or r.split == split]
+
+
+def describe(spec: SourceSpec) -> dict:
+    """The spec as a plain dict (kept in the shard manifest)."""
+    return dataclasses.asdict(spec)
