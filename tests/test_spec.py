@@ -156,19 +156,23 @@ def test_celeba_hq_caption_lists_are_expanded(tmp_path):
     assert [r.caption for r in first] == ["She has blond hair.", "He has a beard.", "A smiling face."]
 
 
-def test_broken_source_reports_every_problem_in_one_line_each(tmp_path):
-    _unif2aced_files(tmp_path)
-    # damage: a caption file that is not JSON, a VQA row whose JSON text is cut, a missing
-    # image, an empty caption, a duplicate key
-    (tmp_path / "captions" / "test.json").write_text('[{"image": "celebv_003.png", "caption": ')
+def _break(root: Path) -> None:
+    """A caption file that is not JSON, a VQA row whose JSON text is cut, a missing image, an
+    empty caption, duplicate keys."""
+    (root / "captions" / "test.json").write_text('[{"image": "celebv_003.png", "caption": ')
     pq.write_table(pa.table({"image": ["ffhq_002"], "qa": ['[{"question": "Hair?", "answer": "Gr']}),
-                   tmp_path / "vqa" / "part-1.parquet")
-    train = json.loads((tmp_path / "captions" / "train.json").read_text())
+                   root / "vqa" / "part-1.parquet")
+    train = json.loads((root / "captions" / "train.json").read_text())
     train += [{"image": "ghost_009.png", "caption": "Nobody.", "identity": "p9"},
               {"image": "ffhq_002.png", "caption": "Again.", "identity": "p2"},
               {"image": "mm/mm_004.png", "caption": "", "identity": "p4"}]
     train[2]["caption"] = ""
-    (tmp_path / "captions" / "train.json").write_text(json.dumps(train))
+    (root / "captions" / "train.json").write_text(json.dumps(train))
+
+
+def test_broken_source_reports_every_problem_in_one_line_each(tmp_path):
+    _unif2aced_files(tmp_path)
+    _break(tmp_path)
     result = read_source(_spec(tmp_path, "unif2aced-1m.yaml"))
     lines = [str(p) for p in result.problems]
     assert all("\n" not in x and "Traceback" not in x for x in lines)
@@ -178,9 +182,11 @@ def test_broken_source_reports_every_problem_in_one_line_each(tmp_path):
               f"error: {train_f}:5: duplicate key 'ffhq_002' (first at {train_f}:2)",
               f"error: {train_f}:6: duplicate key 'mm_004'",
               f"warning: {train_f}:4: missing image: 'ghost_009.png'"]
+    # the VQA row of the image whose caption file is unreadable has no split: not silently train
+    expect.append(f"error: {tmp_path / 'vqa' / 'part-0.parquet'}: 1 key(s) have a split in no table (e.g. 'celebv_003')")
     for e in expect:
         assert any(e in x for x in lines), (e, lines)
-    assert len(result.errors) == 4
+    assert len(result.errors) == 5
 
 
 def test_spec_errors_name_the_file_and_key(tmp_path):
@@ -193,3 +199,67 @@ def test_spec_errors_name_the_file_and_key(tmp_path):
         read_source(load_spec(p))
     with pytest.raises(SpecError, match="'tables' must be a non-empty list"):
         spec_from_dict({"root": "."})
+
+
+def test_inspect_tool_reports_a_broken_source(tmp_path):
+    import subprocess
+    import sys
+
+    tool = [sys.executable, str(SPECS.parent / "tools" / "inspect_source.py")]
+    _unif2aced_files(tmp_path)
+    spec = _spec(tmp_path, "unif2aced-1m.yaml").path
+    ok = subprocess.run(tool + [spec, "--decode", "10"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "train: 3 samples, 3 images, 3 identities, 2 QA pairs" in ok.stdout
+    assert "test: 1 samples, 1 images, 1 identities, 1 QA pairs" in ok.stdout
+    assert "T2I prompt: A young woman with wavy hair." in ok.stdout
+    assert "MMU turn:   USER: Hair? ASSISTANT: Wavy." in ok.stdout
+    assert "problems: 0 error(s), 0 warning(s)" in ok.stdout
+    _break(tmp_path)
+    bad = subprocess.run(tool + [spec], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
+    assert "problems: 5 error(s), 2 warning(s)" in bad.stdout
+    assert f"error: {tmp_path / 'captions' / 'test.json'}: cannot be read as json" in bad.stdout
+    assert "NOT ok" in bad.stdout
+    missing = subprocess.run(tool + [str(tmp_path / "absent.yaml")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stdout.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_webdataset_table_and_video_frames_with_derived_identity(tmp_path):
+    """A webdataset shard (png + json per sample) read through datasets' loader, images kept
+    in place; CelebV-HQ-style clips whose image is a frame of a video and whose identity is
+    the video id inside the clip key."""
+    import cv2
+    import numpy as np
+    import yaml
+
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as t:
+        for key, colour in (("vid7_clip1", (90, 0, 0)), ("vid7_clip2", (0, 90, 0)), ("vid8_clip1", (0, 0, 90))):
+            for name, data in ((f"{key}.png", _png(colour)),
+                               (f"{key}.json", json.dumps({"caption": f"face {key}", "qa": [["Q?", "A."]]}).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    w = cv2.VideoWriter(str(tmp_path / "vid9.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 32))
+    for i in range(4):
+        w.write(np.full((32, 32, 3), 60 * i, np.uint8))
+    w.release()
+    (tmp_path / "clips.jsonl").write_text(json.dumps({"clip": "vid9_clip1", "video": "vid9.avi", "frame": 2,
+                                                      "caption": "a frame"}) + "\n")
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({"tables": [
+        {"files": {"train": "shard-0.tar"}, "fields": {"key": "__key__", "image": "png", "caption": "json.caption",
+                                                      "qa": "json.qa"}, "identity_regex": "^(vid\\d+)_"},
+        {"files": {"test": "clips.jsonl"}, "fields": {"key": "clip", "video": "video", "frame": "frame",
+                                                      "caption": "caption"}, "identity_regex": "^(vid\\d+)_"}]}))
+    result = read_source(load_spec(spec_file))
+    assert not result.errors, [str(p) for p in result.problems]
+    recs = _by_id(result.records)
+    assert [recs[k].identity for k in ("vid7_clip1", "vid7_clip2", "vid8_clip1", "vid9_clip1")] == \
+        ["vid7", "vid7", "vid8", "vid9"]
+    r = recs["vid7_clip2"]
+    assert isinstance(r.image, ArchiveMember) and r.caption == "face vid7_clip2"
+    assert [(q.question, q.answer) for q in r.qa] == [("Q?", "A.")]
+    assert open_image(r)[0].getpixel((3, 3)) == (0, 90, 0)
+    frame, _ = open_image(recs["vid9_clip1"])
+    assert frame.size == (32, 32) and abs(frame.getpixel((16, 16))[0] - 120) < 12  # frame 2 of 0, 60, 120, 180

@@ -201,6 +201,8 @@ def spec_from_dict(data: dict, path: str = "") -> SourceSpec:
 def load_spec(path: str | Path) -> SourceSpec:
     try:
         data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the spec ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -615,6 +617,7 @@ def read_source(spec: SourceSpec, check_images: bool = True) -> SourceRead:
                     problems.append(Problem("error", f"{path}:{n + 1}" if n else path,
                                             f"cannot be read as {fmt} ({type(e).__name__}: {msg[:300]})"))
                 files_read.append((path, n))
+    _check_unsplit(spec, entries, problems)
     records = _records(spec, entries, index, problems, check_images)
     if not has_identity:
         problems.append(Problem("warning", spec.path or "spec", "no identity field: every image counts as its own "
@@ -719,6 +722,21 @@ def _records(spec, entries, index, problems, check_images) -> list[Record]:
         for i, c in enumerate(caps):  # one sample per caption; QA once (on the first), not repeated
             out.append(Record(f"{key}#{i}", split, ident, image, c, e.qa if i == 0 else [], e.attributes, shown))
     return out
+
+
+def _check_unsplit(spec: SourceSpec, entries: dict[str, _Entry], problems: list[Problem]) -> None:
+    """Where the spec gives splits, a key no table gives one (e.g. a VQA row whose caption row
+    is absent) would fall into default_split silently: possibly a test face in training."""
+    if not any(g.split for t in spec.tables for g in t.files) and not any(t.fields.split for t in spec.tables):
+        return
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for e in entries.values():
+        if e.split is None:
+            by_file[e.rows[0].rsplit(":", 1)[0]].append(e.key)
+    for f, keys in by_file.items():
+        problems.append(Problem("error", f, f"{len(keys)} key(s) have a split in no table (e.g. "
+                                f"{', '.join(map(repr, keys[:3]))}); give them one (files: {{split: …}} or "
+                                f"fields: {{split: …}}) or drop them"))
 
 
 def _check_overlap(spec: SourceSpec, records: list[Record], problems: list[Problem]) -> None:
