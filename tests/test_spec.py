@@ -194,9 +194,11 @@ def test_spec_errors_name_the_file_and_key(tmp_path):
     p.write_text("tables:\n  - files: x.json\n    fields: {caption_text: c}\n")
     with pytest.raises(SpecError, match=r"s.yaml: unknown key spec.tables\[0\].fields.caption_text"):
         load_spec(p)
-    p.write_text("tables:\n  - files: nothing/*.json\n")
+    p.write_text("tables:\n  - files: nothing/*.json\n    fields: {key: image}\n")
     with pytest.raises(SpecError, match="nothing/\\*.json matches no file"):
         read_source(load_spec(p))
+    with pytest.raises(SpecError, match=r"tables\[0\] needs fields.key or fields.image"):
+        spec_from_dict({"tables": [{"files": "x.json", "fields": {"caption": "c"}}]})
     with pytest.raises(SpecError, match="'tables' must be a non-empty list"):
         spec_from_dict({"root": "."})
 

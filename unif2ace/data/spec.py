@@ -192,6 +192,12 @@ def spec_from_dict(data: dict, path: str = "") -> SourceSpec:
         spec = _build(SourceSpec, data, "spec.")
     except ConfigError as e:
         raise SpecError(f"{path or 'spec'}: {e}") from None
+    for i, t in enumerate(spec.tables):
+        f = t.fields
+        if t.layout == "rows" and not (f.key or f.image):
+            raise SpecError(f"{path or 'spec'}: tables[{i}] needs fields.key or fields.image (what joins its rows)")
+        if bool(f.video) != bool(f.frame) and f.frame:
+            raise SpecError(f"{path or 'spec'}: tables[{i}]: fields.frame needs fields.video")
     spec.path = path
     base = Path(path).parent if path else Path(".")
     spec.root = str((base / Path(spec.root).expanduser()) if spec.root else base)
