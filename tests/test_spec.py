@@ -14,7 +14,8 @@ from PIL import Image
 
 from unif2ace.data import synthface
 from unif2ace.data.sources import SourceConfig, load_records, open_image
-from unif2ace.data.spec import ArchiveMember, SpecError, load_spec, load_spec_records, read_source, spec_from_dict
+from unif2ace.data.archive import ArchiveMember
+from unif2ace.data.spec import SpecError, load_spec, load_spec_records, read_source, spec_from_dict
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 

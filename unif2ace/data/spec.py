@@ -40,15 +40,14 @@ problem names its file and row); a file ``datasets`` cannot read is a problem, n
 traceback. ``identity_regex`` derives a person id from the identity field or, without one,
 from the key (e.g. a CelebV-HQ clip's video id); ``image_template`` builds an image path from
 fields (``frames/{video}/{frame:05d}.jpg``); ``video`` + ``frame`` fields name a frame of a
-video file, decoded with OpenCV.
+video file, decoded with OpenCV. Field parsing lives in ``spec_fields.py``, images read in
+place (tar members, video frames, the name index) in ``archive.py``.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import re
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +55,10 @@ from typing import Any, Iterator, Literal
 
 import yaml
 
+from unif2ace.data.archive import ImageIndex, VideoFrame, join_key
 from unif2ace.data.sources import QA, Record
+from unif2ace.data.spec_fields import (FieldError, captions, conversation, get_path, json_text, qa_items,
+                                       split_questions)
 
 # --------------------------------------------------------------------------- the spec
 
@@ -229,148 +231,7 @@ class Problem:
         return f"{self.level}: {self.where}: {self.message}"
 
 
-class _FieldError(ValueError):
-    pass
-
-
-# --------------------------------------------------------------------------- images in place
-
-
-@dataclass(frozen=True)
-class ArchiveMember:
-    """An image inside a tar file, read in place (offset and size from the tar's index)."""
-
-    archive: str
-    name: str
-    offset: int
-    size: int
-
-    def read(self) -> bytes:
-        with open(self.archive, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(self.size)
-        if len(data) != self.size:
-            raise OSError(f"{self.archive}: member {self.name} cut short ({len(data)} of {self.size} bytes)")
-        return data
-
-    def __str__(self) -> str:
-        return f"{self.archive}:{self.name}"
-
-
-@dataclass(frozen=True)
-class VideoFrame:
-    """Frame ``index`` of a video file, decoded with OpenCV when read."""
-
-    video: str
-    index: int
-
-    def read(self) -> bytes:
-        try:
-            import cv2
-        except ImportError:
-            raise OSError("video frames need OpenCV (pip install opencv-python-headless)") from None
-        if not Path(self.video).is_file():
-            raise FileNotFoundError(self.video)
-        cap = cv2.VideoCapture(self.video)
-        try:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, self.index)
-            ok, frame = cap.read()
-        finally:
-            cap.release()
-        if not ok:
-            raise OSError(f"{self.video}: no frame {self.index}")
-        ok, png = cv2.imencode(".png", frame)
-        return png.tobytes()
-
-    def __str__(self) -> str:
-        return f"{self.video}#frame={self.index}"
-
-
-_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-class _ImageIndex:
-    """Finds an image by name under the spec's folders and inside its archives."""
-
-    def __init__(self, spec: SourceSpec):
-        self.root = Path(spec.root)
-        self.dirs = [self.root / r.dir for r in spec.images if r.dir]
-        self.tars = [p for r in spec.images if r.tar for p in sorted(glob.glob(str(self.root / r.tar)))]
-        self.join_on = spec.join_on
-        self._members: dict[str, ArchiveMember] | None = None
-        self._by_tar: dict[str, dict[str, ArchiveMember]] = {}
-
-    def tar_members(self, path: str) -> dict[str, ArchiveMember]:
-        if path not in self._by_tar:
-            with tarfile.open(path) as t:  # headers only: the index costs one pass over them
-                self._by_tar[path] = {m.name: ArchiveMember(path, m.name, m.offset_data, m.size)
-                                      for m in t.getmembers() if m.isfile()}
-        return self._by_tar[path]
-
-    def members(self) -> dict[str, ArchiveMember]:
-        if self._members is None:
-            self._members = {}
-            for p in self.tars:
-                for name, m in self.tar_members(p).items():
-                    if name.lower().endswith(_IMAGE_EXT):
-                        self._members.setdefault(join_key(name, self.join_on), m)
-                        self._members.setdefault(name, m)
-        return self._members
-
-    def find(self, ref: str) -> str | ArchiveMember | None:
-        p = Path(ref).expanduser()
-        if p.is_absolute():
-            return str(p)
-        names = [ref] if Path(ref).suffix else [ref + e for e in _IMAGE_EXT]
-        for d in self.dirs or [self.root]:
-            for n in names:
-                if (d / n).is_file():
-                    return str((d / n).absolute())
-        if self.tars:
-            m = self.members()
-            hit = m.get(ref) or m.get(join_key(ref, self.join_on))
-            if hit is not None:
-                return hit
-        return None
-
-
-def join_key(value: str, how: str) -> str:
-    """The key rows of different tables meet on: the full path, the file name, or its stem."""
-    value = str(value).replace("\\", "/")
-    if how == "path":
-        return value
-    name = value.rsplit("/", 1)[-1]
-    if how == "name":
-        return name
-    return name.rsplit(".", 1)[0] if name.lower().endswith(_IMAGE_EXT) else name
-
-
 # --------------------------------------------------------------------------- reading tables
-
-
-def get_path(row: Any, path: str) -> Any:
-    """``row`` at dotted ``path`` (list items by index); None where any step is missing."""
-    cur = row
-    for part in path.split("."):
-        if isinstance(cur, dict):
-            cur = cur.get(part)
-        elif isinstance(cur, (list, tuple)) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-        if cur is None:
-            return None
-    return cur
-
-
-def _json_text(value: Any, what: str) -> Any:
-    """Parse a str holding JSON (common for nested fields in parquet); other values pass."""
-    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _FieldError(f"{what} is text that starts like JSON but does not parse ({e.msg} at char {e.pos})")
-    return value
 
 
 def _format_of(table: Table, files: list[str]) -> str:
@@ -391,11 +252,11 @@ def _iter_file(spec: SourceSpec, table: Table, fmt: str, path: str) -> Iterator[
     if table.layout == "mapping":
         from unif2ace.jsonfile import read_json
 
-        obj = read_json(path, _FieldError)
+        obj = read_json(path, FieldError)
         if table.records:
             obj = get_path(obj, table.records)
         if not isinstance(obj, dict):
-            raise _FieldError(f"layout mapping expects one JSON object keyed by image, got {type(obj).__name__}")
+            raise FieldError(f"layout mapping expects one JSON object keyed by image, got {type(obj).__name__}")
         for k, v in obj.items():
             yield {"__key__": k, **(v if isinstance(v, dict) else {"value": v})}
         return
@@ -427,100 +288,7 @@ class _Entry:
     attributes: dict = field(default_factory=dict)
 
 
-def _captions(value: Any) -> list[str]:
-    value = _json_text(value, "caption")
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out = []
-    for c in items:
-        if isinstance(c, dict):  # {"caption": …} / {"text": …} objects
-            c = c.get("caption", c.get("text"))
-        if not isinstance(c, str):
-            raise _FieldError(f"caption item {c!r} is not text")
-        if c.strip():
-            out.append(c.strip())
-    return out
-
-
-def _qa_items(table: Table, value: Any) -> list[QA]:
-    value = _json_text(value, "qa")
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise _FieldError(f"qa is a {type(value).__name__}, not a list of question/answer objects")
-    k = table.qa_keys
-    out = []
-    for i, item in enumerate(value):
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            q, a, cat = item[0], item[1], ""
-        elif isinstance(item, dict):
-            q, a = get_path(item, k.question), get_path(item, k.answer)
-            cat = get_path(item, k.category) if k.category else ""
-        else:
-            raise _FieldError(f"qa[{i}] is {item!r}, not a question/answer object")
-        if q is None or a is None or not str(q).strip() or not str(a).strip():
-            raise _FieldError(f"qa[{i}] lacks '{k.question}' or '{k.answer}' (keys: {sorted(item) if isinstance(item, dict) else '-'})")
-        out.append(QA(str(q).strip(), str(a).strip(), "" if cat is None else str(cat)))
-    return out
-
-
-_IMAGE_MARK = re.compile(r"\s*<image>\s*")
-
-
-def _conversation(table: Table, value: Any) -> tuple[list[QA], list[str]]:
-    """LLaVA turns → (question, answer) pairs with the <image> markers removed; notes on
-    turns that could not be paired."""
-    value = _json_text(value, "conversations")
-    if value is None:
-        return [], []
-    if not isinstance(value, (list, tuple)):
-        raise _FieldError(f"conversations is a {type(value).__name__}, not a list of turns")
-    k = table.conversation_keys
-    out, notes, pending = [], [], None
-    for i, turn in enumerate(value):
-        role = get_path(turn, k.role) if isinstance(turn, dict) else None
-        text = get_path(turn, k.text) if isinstance(turn, dict) else None
-        if role is None or text is None:
-            raise _FieldError(f"conversations[{i}] lacks '{k.role}' or '{k.text}'")
-        text = _IMAGE_MARK.sub(" ", str(text)).strip()
-        if role in k.user:
-            if pending is not None:
-                notes.append(f"conversations[{i - 1}]: question without an answer")
-            pending = text
-        elif role in k.assistant:
-            if pending is None:
-                notes.append(f"conversations[{i}]: answer without a question")
-            elif text and pending:
-                out.append(QA(pending, text))
-            else:
-                notes.append(f"conversations[{i}]: empty question or answer")
-            pending = None
-        else:
-            notes.append(f"conversations[{i}]: unknown role {role!r} (user {k.user}, assistant {k.assistant})")
-    if pending is not None:
-        notes.append("last question has no answer")
-    return out, notes
-
-
-def _split_questions(table: Table, row: dict) -> list[QA]:
-    f = table.fields
-    qs, ans = get_path(row, f.question), get_path(row, f.answer)
-    if qs is None and ans is None:
-        return []
-    qs = qs if isinstance(qs, list) else [qs]
-    ans = ans if isinstance(ans, list) else [ans]
-    cats = get_path(row, f.category) if f.category else None
-    cats = cats if isinstance(cats, list) else [cats] * len(qs)
-    if len(qs) != len(ans):
-        raise _FieldError(f"{len(qs)} questions but {len(ans)} answers")
-    return [QA(str(q).strip(), str(a).strip(), "" if c is None else str(c))
-            for q, a, c in zip(qs, ans, cats) if q is not None and a is not None]
-
-
-def _image_ref(spec: SourceSpec, table: Table, row: dict, index: _ImageIndex, fmt: str):
+def _image_ref(spec: SourceSpec, table: Table, row: dict, index: ImageIndex, fmt: str):
     """The image a row names: bytes, a lazy archive member / video frame, or a name to look up."""
     f = table.fields
     if f.video:
@@ -531,12 +299,12 @@ def _image_ref(spec: SourceSpec, table: Table, row: dict, index: _ImageIndex, fm
         try:
             return VideoFrame(str(p if p.is_absolute() else Path(spec.root) / p), int(frame or 0))
         except (TypeError, ValueError):
-            raise _FieldError(f"frame {frame!r} is not an integer")
+            raise FieldError(f"frame {frame!r} is not an integer")
     if table.image_template:
         try:
             return table.image_template.format(**{k: v for k, v in row.items() if isinstance(k, str)})
         except (KeyError, ValueError, IndexError) as e:
-            raise _FieldError(f"image_template {table.image_template!r}: {type(e).__name__} {e}")
+            raise FieldError(f"image_template {table.image_template!r}: {type(e).__name__} {e}")
     if not f.image:
         return None
     value = get_path(row, f.image)
@@ -599,7 +367,7 @@ def read_source(spec: SourceSpec, check_images: bool = True) -> SourceRead:
     Never raises on bad data: every problem is collected (one line each, naming file and
     row). Raises SpecError only when the spec itself is unusable (a glob that matches nothing).
     """
-    index = _ImageIndex(spec)
+    index = ImageIndex(spec.root, [r.dir for r in spec.images if r.dir], [r.tar for r in spec.images if r.tar], spec.join_on)
     entries: dict[str, _Entry] = {}
     problems: list[Problem] = []
     files_read: list[tuple[str, int]] = []
@@ -657,13 +425,13 @@ def _take_row(spec, table, fmt, group, row, where, index, entries, seen_here, pr
             else:
                 e.image = image
         if f.caption:
-            e.captions += [c for c in _captions(get_path(row, f.caption)) if c not in e.captions]
+            e.captions += [c for c in captions(get_path(row, f.caption)) if c not in e.captions]
         if f.qa:
-            e.qa += _qa_items(table, get_path(row, f.qa))
+            e.qa += qa_items(get_path(row, f.qa), table.qa_keys)
         if f.question:
-            e.qa += _split_questions(table, row)
+            e.qa += split_questions(row, f)
         if f.conversations:
-            pairs, notes = _conversation(table, get_path(row, f.conversations))
+            pairs, notes = conversation(get_path(row, f.conversations), table.conversation_keys)
             e.qa += pairs
             problems += [Problem("warning", where, n) for n in notes]
         split = group.split or (get_path(row, f.split) if f.split else None)
@@ -688,10 +456,10 @@ def _take_row(spec, table, fmt, group, row, where, index, entries, seen_here, pr
                                         f"{e.identity!r} in an earlier row"))
             e.identity = str(ident)
         if f.attributes:
-            attrs = _json_text(get_path(row, f.attributes), "attributes")
+            attrs = json_text(get_path(row, f.attributes), "attributes")
             if attrs is not None:
                 e.attributes.update(attrs if isinstance(attrs, dict) else {"value": attrs})
-    except _FieldError as err:
+    except FieldError as err:
         problems.append(Problem("error", where, str(err)))
 
 
