@@ -273,6 +273,30 @@ def test_corrupted_shard_detected(tmp_path):
         ShardLoader(DataConfig(shards=str(out), verify=True), _model(), 0, 1, 4)
 
 
+def test_truncated_shard_is_one_line_naming_the_file(tmp_path):
+    """A shard cut to half its size (full disk, interrupted copy) is caught at loader start
+    without data.verify, by the size in the manifest, and the message says how to rebuild."""
+    out = _write(tmp_path, _samples(40, np.random.default_rng(1)), shard_size=13)
+    m = S.read_manifest(out)
+    S.write_manifest(out, {**m, "command": "python tools/precompute_tokens.py --out X"})
+    data_file = out / "shard-00001" / S.DATA_FILE
+    raw = data_file.read_bytes()
+    data_file.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(S.ShardError) as e:
+        ShardLoader(DataConfig(shards=str(out)), _model(), 0, 1, 4)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert f"shard-00001/data.arrow: {len(raw) // 2} bytes, the manifest says {len(raw)} (truncated)" in msg
+    assert "rebuild: python tools/precompute_tokens.py --out X" in msg
+    # a damaged file the manifest sizes cannot see (its meta rewritten to match) still fails
+    # with the file's name, not pyarrow's bare message
+    shard = next(s for s in m["shards"] if s["name"] == "shard-00001")
+    shard["files"][S.DATA_FILE]["bytes"] = len(raw) // 2
+    S.write_manifest(out, m)
+    with pytest.raises(S.ShardError, match=r"shard-00001/data.arrow: unreadable \(.*rebuild: re-run"):
+        ShardLoader(DataConfig(shards=str(out)), _model(), 0, 1, 4)
+
+
 def test_batch_feeds_model_and_loss(data):
     from unif2ace.losses import total_loss
     from unif2ace.model.unif2ace import UniF2ace

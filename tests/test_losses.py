@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from unif2ace.config import LossConfig
-from unif2ace.losses import mask_rate, mmu_loss, score_entropy, total_loss
+from unif2ace.losses import mask_rate, mmu_loss, score_entropy, t2i_losses, total_loss
 from unif2ace.tokens import IGNORE, TASK_MMU, TASK_T2I, TokenLayout
 
 
@@ -114,3 +114,39 @@ def test_mmu_loss_is_shifted():
     logits[0, 1, 7] = 20.0  # position 1 predicts the token at position 2
     labels = torch.tensor([[IGNORE, IGNORE, 7, IGNORE]])
     assert mmu_loss(logits, labels).item() < 1e-6
+
+
+@pytest.mark.parametrize("param", ["normalized", "unnormalized"])
+def test_full_vocab_score_entropy_leaves_out_the_mask_column(param):
+    """t2i_vocab=full: Σ_y s_y runs over y ≠ [MASK] (the current state). Checked against the
+    formula evaluated position by position, with a [MASK] logit large enough that counting
+    its column would change the loss many times over."""
+    torch.manual_seed(2)
+    V = L.vocab_size
+    logits = torch.randn(1, 8, V, dtype=torch.float64)
+    logits[0, :, L.mask_id] = 6.0
+    batch = _batch([TASK_T2I])
+    m = 0.5
+    cfg = LossConfig(t2i_vocab="full", score_param=param, schedule="linear", alpha=1.0)
+    got = t2i_losses(logits, batch["labels"], torch.tensor([m]), L, cfg)["l_score"].item()
+    r = (1 - m) / m
+    h = 1e-7
+    dsigma = (_sigma(m + h) - _sigma(m - h)) / (2 * h)
+    want = []
+    for p in (3, 4):
+        lg = logits[0, p].tolist()
+        if param == "unnormalized":
+            s = [math.exp(v) for v in lg]
+        else:
+            z = sum(math.exp(v) for v in lg)
+            s = [math.exp(v) / z * r for v in lg]
+        x0 = batch["labels"][0, p].item()
+        pos = sum(s[y] for y in range(V) if y != L.mask_id)
+        want.append(dsigma * (pos - r * math.log(s[x0]) + r * (math.log(r) - 1)))
+    assert got == pytest.approx(sum(want) / 2, rel=1e-6)
+    # the [MASK] column is not merely down-weighted: changing its logit leaves the
+    # unnormalised loss untouched
+    if param == "unnormalized":
+        logits[0, :, L.mask_id] = -3.0
+        again = t2i_losses(logits, batch["labels"], torch.tensor([m]), L, cfg)["l_score"].item()
+        assert again == pytest.approx(got, rel=1e-9)

@@ -203,3 +203,36 @@ def test_parallel_workers_write_identical_shards(assets, first_run, tmp_path):
     for i in range(3):
         name = S.shard_name(i)
         assert (out / name / S.DATA_FILE).read_bytes() == (first / name / S.DATA_FILE).read_bytes()
+
+
+def test_damaged_shard_named_by_loader_and_rewritten_by_resume(assets, first_run, tmp_path):
+    """A shard truncated to half (full disk) stops the loader with one line naming the file
+    and the recorded rebuild command; re-running precompute rewrites that shard only."""
+    from unif2ace.config import DataConfig
+    from unif2ace.data.loader import ShardLoader
+
+    _, first = first_run
+    out = tmp_path / "shards"
+    shutil.copytree(first, out)
+    m = S.read_manifest(out)
+    assert m["command"].startswith("python tools/precompute_tokens.py --data ")
+    target = out / "shard-00002" / S.DATA_FILE
+    original = target.read_bytes()
+    target.write_bytes(original[: len(original) // 2])
+    model = load_config("tiny", ["model.num_image_tokens=16", "model.codebook_size=64"]).model
+    with pytest.raises(S.ShardError) as e:
+        ShardLoader(DataConfig(shards=str(out), split=""), model, 0, 1, 2)
+    assert str(e.value).startswith(f"{target}: {len(original) // 2} bytes, the manifest says {len(original)}")
+    assert f"rebuild: {m['command']}" in str(e.value)
+    # bit rot of the same size: only the checksum sees it, and resume rewrites it too
+    rotten = out / "shard-00000" / S.DATA_FILE
+    raw = bytearray(rotten.read_bytes())
+    raw[-50] ^= 0xFF
+    rotten.write_bytes(bytes(raw))
+    untouched = (out / "shard-00001" / S.DATA_FILE).stat().st_mtime_ns
+    s = run(_cfg(assets, out), SourceConfig(root=str(assets["data"])), _features(), progress=False)
+    assert s["complete"] and s["skipped_shards"] == 1 and s["written_shards"] == 2
+    assert (out / "shard-00001" / S.DATA_FILE).stat().st_mtime_ns == untouched
+    for name in ("shard-00000", "shard-00002"):
+        assert (out / name / S.DATA_FILE).read_bytes() == (first / name / S.DATA_FILE).read_bytes()
+    assert S.verify(out) == []

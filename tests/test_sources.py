@@ -175,3 +175,21 @@ def test_fit_square_crops_the_centre():
     assert out.size == (20, 20)
     a = np.asarray(out)
     assert a.min() >= 250
+
+
+def test_flat_source_reads_json_text_qa_and_refuses_what_it_cannot_express(tmp_path):
+    """JSON-text QA lists are parsed, not dropped; caption lists and tables that do not stack
+    are refused in one line that points at source specs."""
+    (tmp_path / "f.png").write_bytes(_png())
+    pq.write_table(pa.table({"id": ["a"], "file": ["f.png"], "caption": ["c"],
+                             "qa": [json.dumps([{"q": "Hair?", "a": "Red.", "category": "hair"}])]}),
+                   tmp_path / "m.parquet")
+    (r,) = load_records(_cfg(tmp_path, metadata=["m.parquet"], attributes_column=""))
+    assert [(q.question, q.answer, q.category) for q in r.qa] == [("Hair?", "Red.", "hair")]
+    (tmp_path / "l.jsonl").write_text(json.dumps({"id": "b", "file": "f.png", "caption": ["c1", "c2"], "qa": []}))
+    with pytest.raises(ValueError, match="holds a list, not one caption; a source spec expands"):
+        load_records(_cfg(tmp_path, metadata=["l.jsonl"]))
+    (tmp_path / "caps.jsonl").write_text(json.dumps({"id": "c", "file": "f.png", "caption": "x", "qa": []}) + "\n")
+    (tmp_path / "vqa.jsonl").write_text(json.dumps({"image": "f.png", "qa": [{"q": 1}], "extra": {"k": [1]}}) + "\n")
+    with pytest.raises(ValueError, match="datasets cannot read these json files as one table.*source spec"):
+        load_records(_cfg(tmp_path, metadata=["caps.jsonl", "vqa.jsonl"]))

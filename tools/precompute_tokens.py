@@ -7,13 +7,19 @@
         --feature clip.model=UniF2ace-Tiny-CLIP --feature clip.fallback=random-init \
         --feature face.mode=aligned --feature face.fallback=none
 
-    # A real data set: column mapping and encoders from YAML files
+    # A data set described by a source spec (check it first: python tools/inspect_source.py SPEC)
+    python tools/precompute_tokens.py --spec data/specs/my_faces.yaml --features features.yaml \
+        --image-tokenizer weights/magvitv2 --text-tokenizer weights/phi-1_5 --recipe unif2ace-1.8b \
+        --out runs/faces/shards --workers 8
+
+    # A single flat metadata table: column mapping and encoders from YAML files
     python tools/precompute_tokens.py --source ffhq_source.yaml --features features.yaml \
         --image-tokenizer weights/magvitv2 --text-tokenizer weights/phi-1_5 --recipe unif2ace-1.8b \
         --out runs/ffhq/shards --workers 8
 
 Re-running the same command resumes: finished shards are skipped, a half-written one is
-discarded and redone. Inputs that cannot be used are listed in OUT/bad_inputs.jsonl and
+discarded and redone, and a damaged one (size or sha256 no longer what was written, e.g.
+truncated by a full disk) is rewritten; nothing else is touched. Inputs that cannot be used are listed in OUT/bad_inputs.jsonl and
 the summary; the run never stops on one bad file. Exit status 0 when every shard is
 written, 1 when some shard failed (re-run to retry it). Features, tokenization and the
 shard format: ``unif2ace/data/precompute.py`` and ``unif2ace/data/shards.py``.
@@ -24,6 +30,7 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -35,6 +42,7 @@ from unif2ace.config import _merge, load_config, parse_overrides  # noqa: E402
 from unif2ace.data.precompute import PrecomputeConfig, overwrite, run  # noqa: E402
 from unif2ace.data.shards import ShardError  # noqa: E402
 from unif2ace.data.sources import SourceConfig  # noqa: E402
+from unif2ace.data.spec import SpecError, load_spec  # noqa: E402
 
 
 def _yaml(path: str | None, what: str) -> dict:
@@ -46,10 +54,17 @@ def _yaml(path: str | None, what: str) -> dict:
     return data
 
 
+def _rebuild_command(argv: list[str]) -> str:
+    """This command as it should be re-run to repair the shards (without --overwrite, which
+    would redo every shard)."""
+    return shlex.join(["python", "tools/precompute_tokens.py", *(a for a in argv if a != "--overwrite")])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="", help="data set root (sets source root)")
     ap.add_argument("--source", default=None, help="YAML of SourceConfig fields (column mapping)")
+    ap.add_argument("--spec", default=None, help="source spec YAML (unif2ace/data/spec.py; joins, splits, archives)")
     ap.add_argument("--out", required=True, help="output shard directory")
     ap.add_argument("--image-tokenizer", required=True, help="MAGVIT-v2 dir (config.json + weights)")
     ap.add_argument("--text-tokenizer", required=True, help="SentencePiece .model or HF tokenizer dir")
@@ -74,12 +89,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from unif2ace.features import FeatureConfig
 
-    src = _yaml(args.source, "SourceConfig")
-    if args.data:
-        src["root"] = args.data
-    if not src.get("root"):
-        raise SystemExit("give --data DIR or root: in --source YAML")
-    source = SourceConfig.from_dict(src)
+    if args.spec:
+        if args.source or args.data:
+            raise SystemExit("give either --spec or --data / --source, not both")
+        try:
+            source = load_spec(args.spec)
+        except SpecError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        src = _yaml(args.source, "SourceConfig")
+        if args.data:
+            src["root"] = args.data
+        if not src.get("root"):
+            raise SystemExit("give --data DIR, root: in --source YAML, or --spec")
+        source = SourceConfig.from_dict(src)
     feature_cfg = FeatureConfig.from_dict(_merge(_yaml(args.features, "FeatureConfig"), parse_overrides(args.feature)))
 
     model_cfg = load_config(args.recipe).model if args.recipe else None
@@ -96,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                            image_size=image_size, split=args.split, shard_size=args.shard_size,
                            batch_size=args.batch_size, workers=args.workers, threads=args.threads,
                            device=args.device, min_image_size=args.min_image_size,
-                           require_caption=not args.allow_empty_captions, limit=args.limit)
+                           require_caption=not args.allow_empty_captions, limit=args.limit,
+                           command=_rebuild_command(sys.argv[1:] if argv is None else argv))
     if args.overwrite:
         overwrite(Path(args.out))
     try:

@@ -154,6 +154,13 @@ class ModelConfig:
     """Std of the normal init for linear and embedding weights."""
     activation_checkpointing: bool = False
     """Recompute each block in backward to save memory."""
+    mmu_attention: Literal["omni", "showo"] = "omni"
+    """Attention of understanding rows. omni: causal text, bidirectional image span, the
+    <|mmu|> token causal (sees only itself). showo: Show-o's create_attention_mask_for_mmu,
+    where every position up to <|eoi|>, <|mmu|> included, sees that whole prefix. Weights
+    trained under one mask give different MMU logits under the other (an imported Show-o
+    checkpoint: up to 1.8 at the first text position), so tools/import_showo.py sets showo
+    for Show-o checkpoints; from scratch or from Phi the two train alike."""
     moe: TokenMoEConfig = field(default_factory=TokenMoEConfig)
     """Grouped token-level MoE."""
     seq_moe: SeqMoEConfig = field(default_factory=SeqMoEConfig)
@@ -215,7 +222,8 @@ class DataConfig:
     seed: int = 0
     """Seed of the shuffle and the masking (each sample's randomness: seed, epoch, sample)."""
     verify: bool = False
-    """Recompute every shard file's sha256 against the manifest when the loader starts."""
+    """Recompute every shard file's sha256 against the manifest when the loader starts (file
+    sizes are always checked; a damaged shard is one error naming the file and the fix)."""
 
 
 @dataclass

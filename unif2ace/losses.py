@@ -12,6 +12,11 @@ and D3Diff parameterises the score from the same prediction, s_y = p_θ(y|x_t)·
 Σ_y s_y = r and the bracket is −r·log p_θ(x0), so L_score = (m'/m)·CE exactly (tested).
 SEDD's own unnormalised form s_y = exp(logit_y) is kept as an option.
 
+With ``t2i_vocab=full`` the logits cover the whole vocabulary, [MASK] included. The sum Σ_y
+runs over y ≠ x_t, and x_t is [MASK] at every scored position, so that column is left out
+of Σ_y s_y in both parameterisations (as SEDD's absorbing ``score_entropy`` does). The
+normalised p_θ stays the model's full-vocabulary softmax, the distribution L_mask trains.
+
 All per-position terms are averaged within a row, then over rows, so a loss does not depend on
 how rows are split across ranks.
 """
@@ -38,11 +43,12 @@ def mask_rate(m: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
 
 
 def score_entropy(logits: torch.Tensor, target: torch.Tensor, m: torch.Tensor, schedule: str = "cosine",
-                  param: str = "normalized") -> torch.Tensor:
+                  param: str = "normalized", current_state: int | None = None) -> torch.Tensor:
     """Denoising score entropy per masked position.
 
-    logits (M, K) over the clean-token space, target (M,) in [0, K), m (M,) mask ratio of the
-    position's image. Returns (M,).
+    logits (M, K), target (M,) in [0, K), m (M,) mask ratio of the position's image. Returns (M,).
+    ``current_state``: column of x_t (the [MASK] id) when the logits include it; it is left
+    out of Σ_y s_y (the score is defined for y ≠ x_t). None when the columns are clean codes.
     """
     m = m.float().clamp(_EPS, 1 - _EPS)
     r = (1 - m) / m
@@ -53,6 +59,9 @@ def score_entropy(logits: torch.Tensor, target: torch.Tensor, m: torch.Tensor, s
         log_s = logits
     else:
         raise ValueError(f"unknown score parameterisation {param!r} (normalized | unnormalized)")
+    if current_state is not None:
+        log_s = log_s.clone()
+        log_s[:, current_state] = float("-inf")  # after the softmax: p_θ keeps its own normaliser
     sum_s = torch.logsumexp(log_s, -1).exp()
     log_s_x0 = log_s.gather(-1, target[:, None]).squeeze(-1)
     bracket = sum_s - r * log_s_x0 + r * (r.log() - 1)
@@ -81,15 +90,17 @@ def t2i_losses(logits: torch.Tensor, labels: torch.Tensor, mask_ratio: torch.Ten
         lg = logits[rows, pos, layout.image_offset: layout.mask_id]
         tgt = labels[rows, pos] - layout.image_offset
         ce_rows, ce_pos, ce_lg, ce_tgt = rows, pos, lg, tgt
+        state = None
     else:  # Show-o: whole vocabulary, <|soi|>/<|eoi|> targets included in L_mask
         lg = logits[rows, pos]
         tgt = labels[rows, pos]
         ce_rows, ce_pos = (labels != IGNORE).nonzero(as_tuple=True)
         ce_lg, ce_tgt = logits[ce_rows, ce_pos], labels[ce_rows, ce_pos]
+        state = layout.mask_id
     l_mask = _row_mean(F.cross_entropy(ce_lg.float(), ce_tgt, reduction="none"), ce_rows, b)
     out = {"l_mask": l_mask}
     if cfg.alpha > 0:
-        se = score_entropy(lg, tgt, mask_ratio[rows], cfg.schedule, cfg.score_param)
+        se = score_entropy(lg, tgt, mask_ratio[rows], cfg.schedule, cfg.score_param, state)
         out["l_score"] = _row_mean(se, rows, b)
         out["l_d3diff"] = l_mask + cfg.alpha * out["l_score"]
     else:

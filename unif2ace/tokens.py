@@ -177,13 +177,23 @@ def build_mmu_prompt(layout: TokenLayout, codes: torch.Tensor, question: Sequenc
 # --------------------------------------------------------------------------- omni-attention mask
 
 
-def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+MMU_ATTENTION = ("omni", "showo")
+
+
+def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout, mmu: str = "omni") -> torch.Tensor:
     """Boolean (B, 1, L, L) mask, True = may attend.
 
     Causal over text; every position of an image span <|soi|> … <|eoi|> (inclusive) sees the
     whole span and everything before it; [PAD] keys are hidden from everyone. Each query sees
     at least itself, so pad rows stay finite (they carry no loss).
+
+    ``mmu="showo"``: in a row holding <|mmu|>, every position also sees the whole prefix up to
+    and including the row's first <|eoi|>, as Show-o's ``create_attention_mask_for_mmu`` does.
+    The only change from "omni" is that the <|mmu|> token itself sees the image; its state
+    then reaches every later position, so Show-o's weights need it to reproduce their logits.
     """
+    if mmu not in MMU_ATTENTION:
+        raise ValueError(f"unknown MMU attention {mmu!r} ({' | '.join(MMU_ATTENTION)})")
     b, l = ids.shape
     is_soi = ids == layout.soi
     is_eoi = ids == layout.eoi
@@ -193,7 +203,12 @@ def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     pos = torch.arange(l, device=ids.device)
     causal = pos[None, :, None] >= pos[None, None, :]
     same_span = (span[:, :, None] == span[:, None, :]) & (span[:, :, None] > 0)
-    allowed = (causal | same_span) & (ids != layout.pad_id)[:, None, :]
+    allowed = causal | same_span
+    if mmu == "showo":
+        first_eoi = (is_eoi.long().cumsum(-1) == 0).sum(-1)  # L when the row has none
+        prefix = (pos[None, :] <= first_eoi[:, None]) & (ids == layout.mmu).any(-1, keepdim=True)
+        allowed = allowed | prefix[:, None, :]
+    allowed = allowed & (ids != layout.pad_id)[:, None, :]
     allowed |= torch.eye(l, dtype=torch.bool, device=ids.device)[None]
     return allowed[:, None]
 

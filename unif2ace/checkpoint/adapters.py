@@ -5,7 +5,8 @@
 
 Our names follow Phi's, minus the ``model.`` prefix and with ``mlp`` → ``ffn`` (the FFN slot).
 Show-o wraps the same Phi as ``showo.`` and has already resized the vocabulary to its layout,
-which is ours, so its rows map 1:1. A Phi checkpoint has only text rows: we keep the first
+which is ours, so its rows map 1:1; its MMU weights were trained under Show-o's understanding
+mask, so the imported config selects it (``model.mmu_attention=showo``). A Phi checkpoint has only text rows: we keep the first
 ``text_vocab_size`` rows and initialise the new ones (PAD, specials, image codes, MASK) at the
 mean of the old rows plus small noise, so new tokens start as "an average token" rather than
 as noise that dominates the softmax. A dense FFN is upcycled into the MoE when it is enabled.
@@ -91,6 +92,7 @@ def foreign_model_config(src: Path, sd: dict[str, torch.Tensor], fmt: str, base:
         if meta.get("eos_token_id") is not None:
             over["eos_id"] = meta["eos_token_id"]
     else:  # Show-o's config.json names its Phi by hub id; the vocabulary facts are local
+        over["mmu_attention"] = "showo"  # the mask its MMU weights were trained under
         for ours, theirs in (("text_vocab_size", "llm_vocab_size"), ("codebook_size", "codebook_size"),
                              ("num_image_tokens", "num_vq_tokens")):
             if theirs in meta:

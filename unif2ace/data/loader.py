@@ -195,10 +195,7 @@ class ShardLoader:
         self.dir = Path(shard_dir or data_cfg.shards)
         manifest = S.read_manifest(self.dir)
         S.check_compatible(manifest, model_cfg, self.dir, expect_hashes)
-        if data_cfg.verify:
-            problems = S.verify(self.dir)
-            if problems:
-                raise S.ShardError(f"{self.dir}: checksum verification failed: " + "; ".join(problems[:5]))
+        S.check_files(self.dir, manifest, checksum=data_cfg.verify)  # sizes always (a stat each)
         self.manifest = manifest
         self.data_cfg, self.rank, self.world, self.micro_batch = data_cfg, rank, world, micro_batch
         self._args = (data_cfg, model_cfg, loss_cfg or LossConfig(), rank, world, micro_batch, self.dir, manifest)

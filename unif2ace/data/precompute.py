@@ -32,6 +32,7 @@ import numpy as np
 
 from unif2ace.data import shards as S
 from unif2ace.data.sources import BadInput, Record, SourceConfig, fit_square, load_records, open_image
+from unif2ace.data.spec import SourceSpec, load_spec_records
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class PrecomputeConfig:
     """Skip records with an empty caption; False keeps them for VQA only (if they have QA)."""
     limit: int = 0
     """Use only the first N records (0 = all); for trials."""
+    command: str = ""
+    """The command line that made the shards, kept in the manifest so that an error about a
+    damaged shard can say exactly how to rebuild it."""
 
 
 # --------------------------------------------------------------------------- worker state
@@ -256,7 +260,7 @@ def _header(cfg: PrecomputeConfig, models: _Models, n_tokens: int, shapes: dict,
         caption_prompt_ids=[tok.encode_question(p) for p in CAPTION_PROMPTS],
         hashes={"image_tokenizer": _image_tokenizer_hash(models.image_tok), "text_tokenizer": tok.config_hash(),
                 "encoders": models.encoders.config_hash()},
-        num_shards=num_shards, image_size=cfg.image_size, caption_prompts=list(CAPTION_PROMPTS),
+        num_shards=num_shards, command=cfg.command, image_size=cfg.image_size, caption_prompts=list(CAPTION_PROMPTS),
         image_tokenizer={"path": str(Path(cfg.image_tokenizer).absolute()), "config": models.image_tok.config.to_dict()},
         text_tokenizer=tok.describe(), encoders=models.encoders.describe(),
         feature_config=dataclasses.asdict(models.encoders.cfg), source=dataclasses.asdict(source),
@@ -301,7 +305,7 @@ def overwrite(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def run(cfg: PrecomputeConfig, source: SourceConfig, feature_cfg, progress: bool = True,
+def run(cfg: PrecomputeConfig, source: SourceConfig | SourceSpec, feature_cfg, progress: bool = True,
         records: list[Record] | None = None, model_cfg=None) -> dict:
     """Write (or finish writing) the shards; returns the summary (also printed by the tool).
 
@@ -321,7 +325,10 @@ def run(cfg: PrecomputeConfig, source: SourceConfig, feature_cfg, progress: bool
     if stale:
         log.warning("%s: removed %d half-written shard(s) of an interrupted run", out, stale)
     if records is None:
-        records = load_records(source, split=cfg.split or None)
+        if isinstance(source, SourceSpec):  # a declarative spec; its errors stop the run here
+            records = load_spec_records(source, split=cfg.split or None)
+        else:
+            records = load_records(source, split=cfg.split or None)
     if cfg.limit:
         records = records[:cfg.limit]
     if not records:
@@ -351,10 +358,15 @@ def run(cfg: PrecomputeConfig, source: SourceConfig, feature_cfg, progress: bool
     pending = []
     for i, p in enumerate(plan):
         meta = S.read_shard_meta(out / S.shard_name(i))
-        if meta is not None and meta.get("plan_hash") == plan_hashes[i] and (out / S.shard_name(i) / S.DATA_FILE).is_file():
-            metas[i] = meta
-        else:
+        if meta is None or meta.get("plan_hash") != plan_hashes[i]:
             pending.append(i)
+            continue
+        damaged = S.file_problems(out, meta, checksum=True)  # truncated / overwritten / bit rot
+        if damaged:
+            log.warning("%s; rewriting that shard", "; ".join(damaged))
+            pending.append(i)
+        else:
+            metas[i] = meta
     done_records = sum(len(plan[i]) for i in metas)
     S.write_manifest(out, S.with_shards(header, metas, False))
     failures: dict[int, str] = {}

@@ -240,18 +240,47 @@ def check_compatible(manifest: dict, model_cfg, shard_dir: str | os.PathLike,
         raise ShardError(f"{Path(shard_dir) / MANIFEST}: shards do not match: " + "; ".join(problems))
 
 
+REBUILD = ("re-run tools/precompute_tokens.py with the same arguments; it resumes and rewrites only "
+           "the shards that are missing or damaged")
+
+
+def rebuild_hint(manifest: dict | None) -> str:
+    """How to rebuild damaged shards: the recorded command when the manifest has one."""
+    cmd = (manifest or {}).get("command")
+    return f"rebuild: {cmd} (resumes; rewrites only missing or damaged shards)" if cmd else f"rebuild: {REBUILD}"
+
+
+def file_problems(shard_dir: str | os.PathLike, shard: dict, checksum: bool = False) -> list[str]:
+    """What is wrong with one shard's files against its manifest entry: missing, size (always;
+    a stat per file), sha256 (with ``checksum``). One message per file, naming it."""
+    problems = []
+    for fname, info in shard["files"].items():
+        p = Path(shard_dir) / shard["name"] / fname
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+            continue
+        size, want = p.stat().st_size, info.get("bytes")
+        if want is not None and size != want:
+            what = "truncated" if size < want else "longer than written"
+            problems.append(f"{p}: {size} bytes, the manifest says {want} ({what})")
+        elif checksum and sha256_file(p) != info["sha256"]:
+            problems.append(f"{p}: sha256 differs from the manifest (corrupted)")
+    return problems
+
+
+def check_files(shard_dir: str | os.PathLike, manifest: dict, checksum: bool = False) -> None:
+    """Raise one ShardError line naming the first damaged file, how many more there are, and how
+    to rebuild them. Sizes always; sha256 with ``checksum`` (data.verify)."""
+    problems = [q for s in manifest.get("shards", []) for q in file_problems(shard_dir, s, checksum)]
+    if problems:
+        more = f" (and {len(problems) - 1} more damaged file(s))" if len(problems) > 1 else ""
+        raise ShardError(f"{problems[0]}{more}; {rebuild_hint(manifest)}")
+
+
 def verify(shard_dir: str | os.PathLike) -> list[str]:
     """Recompute every file checksum; returns a list of problems (empty = all good)."""
     m = read_manifest(shard_dir)
-    problems = []
-    for s in m.get("shards", []):
-        for fname, info in s["files"].items():
-            p = Path(shard_dir) / s["name"] / fname
-            if not p.is_file():
-                problems.append(f"{p}: missing")
-            elif sha256_file(p) != info["sha256"]:
-                problems.append(f"{p}: sha256 differs from the manifest")
-    return problems
+    return [q for s in m.get("shards", []) for q in file_problems(shard_dir, s, checksum=True)]
 
 
 # --------------------------------------------------------------------------- reading
@@ -293,9 +322,13 @@ class ShardView:
         self.path = Path(path)
         file = self.path / DATA_FILE
         if not file.is_file():
-            raise ShardError(f"{file}: missing (shard listed in the manifest)")
-        self.dataset = datasets.Dataset.from_file(str(file))  # memory-mapped
-        t = self.dataset.data.table
+            raise ShardError(f"{file}: missing (shard listed in the manifest); rebuild: {REBUILD}")
+        try:
+            self.dataset = datasets.Dataset.from_file(str(file))  # memory-mapped
+            t = self.dataset.data.table
+            _column(t, "codes")
+        except (OSError, ValueError, KeyError) as e:  # pyarrow's errors name no file
+            raise ShardError(f"{file}: unreadable ({type(e).__name__}: {e}); rebuild: {REBUILD}") from None
         self.n = t.num_rows
         codes = _column(t, "codes")
         self.codes = codes.values.to_numpy().reshape(self.n, -1)
@@ -322,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd, d = argv
     if cmd == "verify":
         problems = verify(d)
-        print("\n".join(problems) if problems else f"{d}: all shard checksums match")
+        print("\n".join(problems + [rebuild_hint(read_manifest(d))]) if problems
+              else f"{d}: all shard checksums match")
         return 1 if problems else 0
     m = read_manifest(d)
     print(json.dumps({k: v for k, v in m.items() if k != "shards"}, indent=1))

@@ -103,8 +103,9 @@ class Record:
     id: str
     split: str
     identity: str
-    image: str | bytes | None
-    """Absolute path, encoded bytes, or None when the row has no image."""
+    image: Any
+    """Absolute path, encoded bytes, an object with ``read() -> bytes`` (an archive member or a
+    video frame, read in place), or None when the row has no image."""
     caption: str
     qa: list[QA]
     attributes: dict
@@ -140,12 +141,19 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _qa(cfg: SourceConfig, row: dict) -> list[QA]:
+def _qa(cfg: SourceConfig, row: dict, where: str) -> list[QA]:
     out: list[QA] = []
     if cfg.qa_column:
-        for item in _as_list(row.get(cfg.qa_column)):
+        value = row.get(cfg.qa_column)
+        if isinstance(value, str) and value.strip():  # a list stored as JSON text (common in parquet)
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: column {cfg.qa_column!r} is text that is not JSON ({e.msg})") from None
+        for item in _as_list(value):
             if not isinstance(item, dict):
-                continue
+                raise ValueError(f"{where}: column {cfg.qa_column!r} holds {item!r}, not a QA object; "
+                                 "describe other layouts with a source spec (unif2ace/data/spec.py)")
             q, a = item.get(cfg.qa_question_key), item.get(cfg.qa_answer_key)
             if q is None or a is None:
                 continue
@@ -193,7 +201,14 @@ def iter_records(cfg: SourceConfig) -> Iterator[Record]:
 
     files = _files(cfg)
     fmt = _format(cfg, files)
-    ds = datasets.load_dataset(fmt, data_files=files, split="train", cache_dir=cfg.cache_dir or None)
+    try:
+        ds = datasets.load_dataset(fmt, data_files=files, split="train", cache_dir=cfg.cache_dir or None)
+    except Exception as e:  # DatasetGenerationError & co: one line naming the files, not a traceback
+        cause = e.__cause__ or e.__context__
+        why = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}" if cause else str(e)
+        raise ValueError(f"{files if len(files) > 1 else files[0]}: datasets cannot read these {fmt} files as one "
+                         f"table ({type(e).__name__}; {why[:300]}). Files with different columns (captions and "
+                         "VQA apart) need a source spec that joins them: unif2ace/data/spec.py") from None
     cols = set(ds.column_names)
     for name in ("image_column", "caption_column", "qa_column", "question_column", "answer_column"):
         col = getattr(cfg, name)
@@ -216,9 +231,12 @@ def iter_records(cfg: SourceConfig) -> Iterator[Record]:
             split = row.get(cfg.split_column) if cfg.split_column in cols else None
             ident = row.get(cfg.identity_column) if cfg.identity_column in cols else None
             caption = row.get(cfg.caption_column) if cfg.caption_column in cols else None
+            if isinstance(caption, (list, tuple, dict)):  # str() would tokenise the Python repr
+                raise ValueError(f"{where}: column {cfg.caption_column!r} holds a {type(caption).__name__}, not "
+                                 "one caption; a source spec expands caption lists (unif2ace/data/spec.py)")
             rec = Record(id=rid, split=str(split) if split else cfg.default_split,
                          identity=str(ident) if ident is not None else rid, image=image,
-                         caption="" if caption is None else str(caption), qa=_qa(cfg, row),
+                         caption="" if caption is None else str(caption), qa=_qa(cfg, row, where),
                          attributes=_attributes(row.get(cfg.attributes_column)) if cfg.attributes_column in cols else {},
                          where=where)
             if not cfg.group_by_id:
@@ -301,9 +319,14 @@ def open_image(rec: Record, min_size: int = 16) -> tuple[Image.Image, list[str]]
     """
     if rec.image is None:
         raise BadInput("no image in the metadata row")
-    src = io.BytesIO(rec.image) if isinstance(rec.image, bytes) else rec.image
     notes: list[str] = []
     try:
+        if isinstance(rec.image, bytes):
+            src = io.BytesIO(rec.image)
+        elif isinstance(rec.image, str):
+            src = rec.image
+        else:  # read in place: an archive member or a video frame (unif2ace.data.spec)
+            src = io.BytesIO(rec.image.read())
         with Image.open(src) as im:
             im.load()  # decodes now, so truncation surfaces here
             im = ImageOps.exif_transpose(im)

@@ -70,7 +70,7 @@ class UniF2ace(nn.Module):
         if attention_mask is None:
             if cache is not None:
                 raise ValueError("incremental decoding needs an explicit attention_mask")
-            attention_mask = omni_attention_mask(input_ids, self.layout)
+            attention_mask = omni_attention_mask(input_ids, self.layout, self.cfg.mmu_attention)
         if position_ids is None:
             # Show-o: positions 0..L−1 counting left pads.
             position_ids = torch.arange(l, device=input_ids.device).expand(b, l)
