@@ -150,13 +150,10 @@ def train_classifier(cfg: TrainClassifierConfig) -> dict:
     """Train on the train split, save to ``cfg.out``, return (and write) the test-split report."""
     if not cfg.data or not cfg.out:
         raise ValueError("train_classifier: set both data and out")
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    from unif2ace.runtime import torch_threads
+
+    with torch_threads(cfg.threads):
         return _train(cfg)
-    finally:
-        torch.set_num_threads(threads)  # the caller's setting, e.g. the rest of a test session
 
 
 def _train(cfg: TrainClassifierConfig) -> dict:

@@ -263,8 +263,18 @@ def train_clip(cfg: TrainClipConfig) -> dict:
         raise ClipTrainingError(f"--data {cfg.data!r} is not a directory")
     if not cfg.out:
         raise ClipTrainingError("--out is required")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    from unif2ace.runtime import torch_threads
+
+    with torch_threads(cfg.threads):
+        return _train(cfg)
+
+
+def _train(cfg: TrainClipConfig) -> dict:
+    from safetensors.torch import save_file
+    from transformers import get_cosine_schedule_with_warmup
+
+    from unif2ace.tokenizers.text import TextTokenizer
+
     t0 = time.time()
     tok = TextTokenizer.load(cfg.text_tokenizer)
     arch = architecture(cfg, vocab_size=tok.vocab_size, eos_id=tok.eos_id)

@@ -345,13 +345,10 @@ def train_face_recognizer(cfg: FaceTrainConfig) -> dict:
         # The output directory is replaced whole: never clobber a directory this tool did not write.
         raise FaceTrainError(f"--out {out}: exists and is not a face-recogniser directory (no {CONFIG_NAME}); "
                              f"choose a new or empty directory")
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    from unif2ace.runtime import torch_threads
+
+    with torch_threads(cfg.threads):
         return _train(cfg)
-    finally:
-        torch.set_num_threads(threads)  # the caller's setting, e.g. the rest of a test session
 
 
 def _train(cfg: FaceTrainConfig) -> dict:
