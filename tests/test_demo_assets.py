@@ -36,7 +36,7 @@ def test_text_and_image_tokenizers_fit_the_recipe(faces):
                      for r in faces]) / 127.5 - 1
     with torch.no_grad():
         codes = magvit.encode(x)
-        rec = magvit.decode(codes)
+        rec = magvit.decode_codes(codes)
     assert codes.shape == (len(faces), m.num_image_tokens) and int(codes.max()) < m.codebook_size
     psnr = 10 * torch.log10(4 / ((rec - x) ** 2).mean())
     assert psnr > 20, f"reconstruction PSNR {psnr:.1f} dB"
