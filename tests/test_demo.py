@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
-SMALL = ["--num-images", "80", "--num-heldout", "24", "--retrain-encoders", "--tokenizer-steps", "5", "--clip-steps", "5",
+SMALL = ["--num-images", "200", "--num-heldout", "24", "--retrain-encoders", "--tokenizer-steps", "5", "--clip-steps", "5",
          "--face-steps", "5", "--classifier-steps", "5", "--procs", "1", "--num-eval", "3", "train.steps=3",
          "train.warmup_steps=1", "train.save_every=0", "sample.steps=3", "sample.max_new_tokens=12"]
 # The whole pipeline (4 encoder trainers, 2 precomputes, training, 2 evaluations) on a loaded 2-core

@@ -178,13 +178,15 @@ def test_synthface_preset_fits_recipe():
     from unif2ace.config import load_config
 
     rec = load_config("synthface").model
-    cfg = MagvitConfig.synthface()
+    cfg = MagvitConfig.synthface16()  # the recipe's tokenizer: 16×16 codes of 8 bits
     h, w = cfg.grid(64, 64)
     assert (cfg.codebook_size, h * w) == (rec.codebook_size, rec.num_image_tokens)
     model = MagvitV2(cfg)
     out = model(torch.rand(2, 3, 64, 64) * 2 - 1)
-    assert out["recon"].shape == (2, 3, 64, 64) and out["codes"].shape == (2, 8, 8)
-    assert out["latents"].shape == (2, 8, 8, 8)
+    assert out["recon"].shape == (2, 3, 64, 64) and out["codes"].shape == (2, 16, 16)
+    assert out["latents"].shape == (2, 8, 16, 16)
+    coarse = MagvitConfig.synthface()  # the older 8×8 preset stays available
+    assert coarse.grid(64, 64) == (8, 8) and coarse.codebook_size == rec.codebook_size
     with pytest.raises(ConfigError, match="norm_groups"):
         MagvitConfig(ch=20)
 

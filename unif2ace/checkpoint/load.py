@@ -129,8 +129,20 @@ def _load_zero(path: Path) -> dict:
 
     if not path.exists():
         raise CheckpointError(f"{path}: missing")
-    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum]):
+    # Some Python builds (e.g. Debian's 3.11.2) pickle an enum member as getattr(EnumClass, name):
+    # resolve that global to a lookup that only ever returns a member of an allowed enum.
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, (_enum_member, "builtins.getattr")]):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _enum_member(cls, name: str):
+    """Stand-in for ``builtins.getattr`` while unpickling ZeRO files: enum members only."""
+    import enum
+    import pickle
+
+    if isinstance(cls, type) and issubclass(cls, enum.Enum) and isinstance(name, str) and name in cls.__members__:
+        return cls[name]
+    raise pickle.UnpicklingError(f"refusing getattr({cls!r}, {name!r}) while loading a ZeRO file")
 
 
 def _shard_meta(path: Path) -> dict:
