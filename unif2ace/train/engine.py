@@ -77,17 +77,23 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
     import deepspeed
     import torch.distributed as dist
 
+    single = {}
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # A world of one needs no TCP rendezvous: a file store cannot lose a race for a port
+        # (a free port found by bind-and-close was taken again before the store bound it, in CI).
+        import tempfile
+        single = {"init_method": "file://" + os.path.join(tempfile.mkdtemp(prefix="unif2ace-pg-"), "store"),
+                  "rank": 0, "world_size": 1}
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     gpu = on_gpu()
     if gpu:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo", auto_mpi_discovery=False,
-                                   timeout=timedelta(seconds=timeout_s), verbose=False)
+                                   timeout=timedelta(seconds=timeout_s), verbose=False, **single)
     device = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
