@@ -83,6 +83,7 @@ def run_stage(stage: str, steps: list[tuple[str, list[str], dict | None]], out: 
                 failed.append(name)
                 continue
             timings["steps"][name] = round(time.time() - start, 1)
+            timings.setdefault("stage_of", {})[name] = stage
             (out / f".done-{name}").touch()
     timings["stages"][stage] = round(timings["stages"].get(stage, 0.0) + time.time() - t0, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
@@ -97,8 +98,8 @@ class Background:
     idle; its wall time goes into ``timings['steps']``, and the wait at ``join`` into the joining
     stage's wall time (the total stays the sum of the stages)."""
 
-    def __init__(self, name: str, cmd: list[str], out: Path, env: dict | None = None):
-        self.name, self.out = name, out
+    def __init__(self, stage: str, name: str, cmd: list[str], out: Path, env: dict | None = None):
+        self.stage, self.name, self.out = stage, name, out  # the stage it starts with (for the report)
         self.done = (out / f".done-{name}").exists()
         if self.done:
             print(f"[demo] {name}: done before, skipped")
@@ -120,6 +121,7 @@ class Background:
             (self.out / "timings.json").write_text(json.dumps(timings, indent=1))
             raise SystemExit(f"[demo] step {self.name} failed (log: {self.out / (self.name + '.log')}); fix and re-run")
         timings["steps"][self.name] = round(time.time() - self.start, 1)
+        timings.setdefault("stage_of", {})[self.name] = self.stage
         (self.out / f".done-{self.name}").touch()
         (self.out / "timings.json").write_text(json.dumps(timings, indent=1))
         self.done = True
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = [py, "tools/precompute_tokens.py", "--image-tokenizer", str(p["magvit"]), "--text-tokenizer", str(p["spm"]),
            "--recipe", "synthface", "--workers", "1", "--no-progress", *feature_flags(enc)]
     # The judge trains while the shards are written and on into training: its core would idle otherwise.
-    judge = Background("classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data), "--out",
+    judge = Background("prepare", "classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data), "--out",
                                       str(clf), "--steps", str(args.classifier_steps), "--no-progress"], out, env1)
     try:
         run_stage("prepare", [
@@ -275,7 +277,7 @@ def report(out: Path, timings: dict, this_run: float) -> str:
              f"load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores).", "",
              "| stage | seconds | steps (seconds each, side by side) |", "| --- | ---: | --- |"]
     for stage, secs in timings["stages"].items():
-        names = [n for n in timings["steps"] if _stage_of(n) == stage]
+        names = [n for n in timings["steps"] if timings.get("stage_of", {}).get(n) == stage]
         lines.append(f"| {stage} | {secs} | " + ", ".join(f"{n} {timings['steps'][n]}" for n in names) + " |")
     for title, ev in (("Test split of the training seed (people never trained on)", out / "eval"),
                       (f"Faces of an unseen SynthFace seed ({HELDOUT_SEED}; nobody tuned on them)", out / "eval_unseen")):
@@ -287,16 +289,6 @@ def report(out: Path, timings: dict, this_run: float) -> str:
         lines += ["", "## Sequence-level MoE routing (share of each group's (sequence, expert) choices, "
                   "mean over layers and the last 50 steps)", "", routing]
     return "\n".join(lines) + "\n"
-
-
-_STAGES = {"synthface": "data", "synthface_unseen": "data", "text_tokenizer": "text_tokenizer",
-           "image_tokenizer": "encoders", "clip": "encoders", "face": "encoders", "precompute": "prepare",
-           "precompute_unseen": "prepare", "classifier": "prepare", "train": "train", "convert": "convert",
-           "evaluate": "evaluate", "evaluate_unseen": "evaluate"}
-
-
-def _stage_of(step: str) -> str:
-    return _STAGES.get(step, step)
 
 
 def routing_table(metrics_jsonl: Path) -> str:

@@ -278,7 +278,7 @@ def _train(cfg: TrainClipConfig) -> dict:
     t0 = time.time()
     tok = TextTokenizer.load(cfg.text_tokenizer)
     arch = architecture(cfg, vocab_size=tok.vocab_size, eos_id=tok.eos_id)
-    x, text, _ = load_pairs(cfg.data, "train", tok, cfg.context_length, cfg.image_size)
+    x, text, train_recs = load_pairs(cfg.data, "train", tok, cfg.context_length, cfg.image_size)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out) as tmp:
@@ -321,10 +321,7 @@ def _train(cfg: TrainClipConfig) -> dict:
         model.eval()
         metrics: dict = {"steps": cfg.steps, "train_seconds": round(train_s, 1), "final_loss": float(np.mean(losses[-20:])),
                          "first_loss": losses[0] if losses else None, "zero_shot": {}, "linear_probe": {}}
-        tr_emb = embed_images(model, x[: 2000])
-        from unif2ace.data.sources import SourceConfig, load_records
-        tr_recs = load_records(SourceConfig(root=str(cfg.data)), split="train")
-        tr_recs = [r for r in tr_recs if r.caption][: 2000]
+        tr_emb, tr_recs = embed_images(model, x[:2000]), train_recs[:2000]  # the probe's training faces
         for split in ("val", "test"):
             try:
                 xs, _, recs = load_pairs(cfg.data, split, tok, cfg.context_length, cfg.image_size, cfg.eval_images)
