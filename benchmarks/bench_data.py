@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", default="", help="also write the numbers here")
     args = ap.parse_args(argv)
 
-    from unif2ace.data import synthface
+    from unif2ace import synthface
     from unif2ace.data.loader import ShardLoader
     from unif2ace.data.precompute import PrecomputeConfig, _encode_batch, load_models, run
     from unif2ace.data.sources import SourceConfig, load_records, open_image, texts_for_tokenizer

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from unif2ace.data import synthface
+    from unif2ace import synthface
     from unif2ace.data.loader import ShardLoader
     from unif2ace.data.precompute import PrecomputeConfig, run
     from unif2ace.data.sources import SourceConfig, load_records, texts_for_tokenizer

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unif2ace.data import synthface as sf  # noqa: E402
+from unif2ace import synthface as sf  # noqa: E402
 
 
 def rate(fn, num: int, repeats: int) -> tuple[float, float]:

@@ -23,7 +23,7 @@ def tiny_shards(tmp_path_factory):
     sys.path.insert(0, str(ROOT / "tools"))
     import precompute_tokens
 
-    from unif2ace.data import synthface
+    from unif2ace import synthface
     from unif2ace.data.sources import SourceConfig, load_records, texts_for_tokenizer
     from unif2ace.tokenizers.magvit import MagvitConfig, MagvitV2
     from unif2ace.tokenizers.text import train_sentencepiece

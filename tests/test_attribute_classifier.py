@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unif2ace.data import synthface
+from unif2ace import synthface
 from unif2ace.eval.attribute_classifier import (AttributeClassifier, ClassifierConfig, ClassifierError,
                                                 load_taxonomy)
 from unif2ace.eval.classifier_training import augment, TrainClassifierConfig

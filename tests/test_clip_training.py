@@ -19,7 +19,7 @@ FLAGS = ["--image-size", "32", "--patch-size", "8", "--width", "32", "--layers",
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from unif2ace.data import synthface
+    from unif2ace import synthface
     from unif2ace.data.sources import SourceConfig, load_records, texts_for_tokenizer
     from unif2ace.tokenizers.text import train_sentencepiece
 

@@ -13,7 +13,7 @@ ASSETS = ROOT / "assets" / "synthface"
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    from unif2ace.data import synthface
+    from unif2ace import synthface
     from unif2ace.data.sources import SourceConfig, load_records
 
     d = tmp_path_factory.mktemp("unseen") / "data"

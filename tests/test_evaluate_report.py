@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unif2ace.data import synthface
+from unif2ace import synthface
 from unif2ace.eval.attribute_classifier import AttributeClassifier, ClassifierConfig, load_taxonomy, to_input
 from unif2ace.eval.evaluate import EvalConfig, answers_from_table, evaluate
 

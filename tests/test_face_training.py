@@ -20,7 +20,7 @@ from insightface.model_zoo import get_model
 from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 from PIL import Image
 
-from unif2ace.data import synthface
+from unif2ace import synthface
 from unif2ace.features.config import FaceConfig
 from unif2ace.features.face import FaceEncoder
 from unif2ace.features.face_training import (ArcMarginHead, FaceTrainConfig, FaceTrainError, RecognizerConfig,

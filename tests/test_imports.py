@@ -2,8 +2,8 @@
 
     pytest -q tests/test_imports.py
 
-Layers: training (``unif2ace/train``) sits on top; checkpoint loading, the model, data and
-inference must work without it (a user loading a model for sampling should not pull in
+Layers: training (``unif2ace/train``) sits on top; checkpoint loading, the model, data,
+SynthFace and inference must work without it (a user loading a model for sampling should not pull in
 DeepSpeed engine code). And no two modules import each other, directly or through others —
 counting imports inside functions too, since a lazy import only hides a cycle.
 """
@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "unif2ace"
-BELOW_TRAIN = ("checkpoint", "model", "data", "inference")
+BELOW_TRAIN = ("checkpoint", "model", "data", "inference", "synthface")
 
 
 def _module_name(path: Path) -> str:
@@ -108,6 +108,15 @@ def test_nothing_below_training_imports_training():
     bad = [f"{m} imports {d}" for m, deps in sorted(import_graph().items())
            if m.split(".")[1:2] and m.split(".")[1] in BELOW_TRAIN
            for d in sorted(deps) if d == "unif2ace.train" or d.startswith("unif2ace.train.")]
+    assert not bad, bad
+
+
+def test_generic_data_does_not_import_synthface():
+    # SynthFace is one data set among others: the data layer reads it through the generic
+    # source adapter (its on-disk layout is SourceConfig's default), never by importing it.
+    bad = [f"{m} imports {d}" for m, deps in sorted(import_graph().items())
+           if m.startswith("unif2ace.data.") or m == "unif2ace.data"
+           for d in sorted(deps) if d.startswith("unif2ace.synthface")]
     assert not bad, bad
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from unif2ace.config import load_config
 from unif2ace.data import shards as S
-from unif2ace.data import synthface
+from unif2ace import synthface
 from unif2ace.data.precompute import PrecomputeConfig, overwrite, run
 from unif2ace.data.sources import SourceConfig, fit_square, load_records, texts_for_tokenizer
 from unif2ace.features import FeatureConfig

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from unif2ace.config import ConfigError
-from unif2ace.data import synthface
+from unif2ace import synthface
 from unif2ace.data.sources import (BadInput, Record, SourceConfig, fit_square, load_records, open_image,
                                    texts_for_tokenizer)
 

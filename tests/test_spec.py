@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from unif2ace.data import synthface
+from unif2ace import synthface
 from unif2ace.data.sources import SourceConfig, load_records, open_image
 from unif2ace.data.archive import ArchiveMember
 from unif2ace.data.spec import SpecError, load_spec, load_spec_records, read_source, spec_from_dict

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unif2ace.data import synthface as sf
+from unif2ace import synthface as sf
 
 # A hand-written face with every presence-type attribute absent.
 BASE = dict(hair_colour="brown", hair_length="short", hair_type="straight", bangs="no", bald="no",

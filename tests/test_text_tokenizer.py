@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from unif2ace.config import load_config
-from unif2ace.data import synthface
+from unif2ace import synthface
 from unif2ace.tokenizers.text import QUESTION_TEMPLATE, TextTokenizer, train_sentencepiece
 
 ROOT = Path(__file__).resolve().parents[1]

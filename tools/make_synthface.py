@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-from unif2ace.data.synthface import contact_sheet, write_dataset  # noqa: E402
+from unif2ace.synthface import contact_sheet, write_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,7 @@ def load_split(data: str | Path, split: str, categories: dict[str, list[str]], l
     """Images of one split as uint8 (N,3,H,W), labels (N,C) with hidden attributes = IGNORE, ids."""
     from PIL import Image
 
-    from unif2ace.data import synthface
+    from unif2ace import synthface
     from unif2ace.data.sources import SourceConfig, load_records
 
     records = load_records(SourceConfig(root=str(data)), split=split)

@@ -99,7 +99,7 @@ def _open(path) -> Image.Image:
 
 
 def _visible(attrs: dict) -> dict:
-    from unif2ace.data import synthface
+    from unif2ace import synthface
 
     if not set(synthface.TAXONOMY) <= set(attrs):
         return dict(attrs)  # not a full SynthFace record: nothing known to be hidden
@@ -108,7 +108,7 @@ def _visible(attrs: dict) -> dict:
 
 
 def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: dict, out: Path) -> dict:
-    from unif2ace.data.synthface import attributes_in_text
+    from unif2ace.synthface import attributes_in_text
     from unif2ace.eval.report import answer_grid
     from unif2ace.inference.t2i import save_png
 
@@ -173,7 +173,7 @@ def _fid_entry(metric, real: list[Image.Image], fake: list[Image.Image]) -> dict
 
 def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: dict, out: Path,
                 notes: list[str], decode_fn: DecodeFn | None = None) -> dict:
-    from unif2ace.data.synthface import attributes_in_text
+    from unif2ace.synthface import attributes_in_text
     from unif2ace.eval.attribute_classifier import AttributeClassifier
     from unif2ace.eval.fid import inception_fid, synthface_fid
     from unif2ace.eval.report import prompt_grid

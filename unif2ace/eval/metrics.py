@@ -8,7 +8,7 @@ generation attribute accuracy.
     gen = generation_attribute_scores(prompted, recognised)             # dicts category → value
 
 Nothing here reads files, models or the SynthFace parser: callers parse text into
-``{category: value}`` dicts (``unif2ace.data.synthface.attributes_in_text``) and pass them in,
+``{category: value}`` dicts (``unif2ace.synthface.attributes_in_text``) and pass them in,
 so each number can be checked by hand.
 """
 from __future__ import annotations

@@ -172,7 +172,7 @@ def embed_images(model, images_u8: torch.Tensor, batch: int = 256) -> torch.Tens
 def prompt_texts() -> dict[str, dict[str, str]]:
     """category → value → a zero-shot prompt in the captions' own words ("a face with green eyes.",
     "a face with a goatee."), from SynthFace's lexicon; one-valued categories have no choice."""
-    from unif2ace.data import synthface
+    from unif2ace import synthface
 
     out: dict[str, dict[str, str]] = {}
     for _, (nouns, cats) in synthface.NOUN_GROUPS.items():
@@ -188,7 +188,7 @@ def prompt_texts() -> dict[str, dict[str, str]]:
 def zero_shot(model, tokenizer, context_length: int, emb: torch.Tensor, records) -> dict:
     """Per attribute category: pick the value whose prompt ("a face with <phrase>.") is closest.
     Only SynthFace-style records (with ``attributes``) and visible attributes count."""
-    from unif2ace.data import synthface
+    from unif2ace import synthface
 
     per = {}
     for cat, texts in prompt_texts().items():
@@ -213,7 +213,7 @@ def zero_shot(model, tokenizer, context_length: int, emb: torch.Tensor, records)
 def linear_probe(train_emb, train_recs, test_emb, test_recs, steps: int = 300) -> dict:
     """A logistic-regression probe per category on frozen embeddings, train split → held-out split:
     how much of each attribute the embedding carries linearly (the probe never touches the CLIP)."""
-    from unif2ace.data import synthface
+    from unif2ace import synthface
 
     per = {}
     for cat in synthface.TAXONOMY:

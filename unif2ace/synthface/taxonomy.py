@@ -1,13 +1,13 @@
 """SynthFace taxonomy and sampling: categories, identities, per-image attributes, splits.
 
-    from unif2ace.data.synthface_taxonomy import CATEGORIES, sample_face
+    from unif2ace.synthface.taxonomy import CATEGORIES, sample_face
     face = sample_face(seed=0, index=5)     # Face(index, identity, attributes, geometry, ...)
     [c.name for c in CATEGORIES if c.identity_fixed]
 
 The taxonomy mirrors UniF²aceD-1M's groups (docs/design.md §5). Sampling is a pure
 function of (seed, index): identity traits come from an rng keyed on (seed, identity),
 per-image traits from one keyed on (seed, index). Public names are re-exported by
-``unif2ace.data.synthface``.
+``unif2ace.synthface``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """SynthFace language: dense captions, VQA pairs, and reading attributes back from text.
 
     import numpy as np
-    from unif2ace.data.synthface_text import attributes_in_text, make_caption, make_qa
+    from unif2ace.synthface.text import attributes_in_text, make_caption, make_qa
     caption, mentioned = make_caption(attrs, np.random.default_rng(0))
     assert attributes_in_text(caption) == mentioned
     qa = make_qa(attrs, np.random.default_rng(1))  # [{"q", "a", "category", "kind"}]
@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from .synthface_taxonomy import TAXONOMY, _choice, hidden_categories
+from .taxonomy import TAXONOMY, _choice, hidden_categories
 
 # =========================================================================== language
 

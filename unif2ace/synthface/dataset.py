@@ -1,18 +1,7 @@
-"""SynthFace: procedural faces with fine-grained attributes, dense captions and VQA pairs.
+"""SynthFace on disk: render a data set into the layout the generic source adapter reads.
 
-The built-in data set, rendered with PIL/NumPy in milliseconds per image so the whole
-pipeline runs on a laptop. Its taxonomy mirrors UniF²aceD-1M's (docs/design.md §5):
-hair, beard, accessories, skin, make-up, face shape, eyes and expression.
-
-    import numpy as np
-    from unif2ace.data import synthface as sf
-    face = sf.sample_face(seed=0, index=0)              # identity, attributes, geometry
-    img = sf.render_face(face.attributes, 64, np.random.default_rng(face.render_seed),
-                         face.geometry)                 # PIL.Image, 64×64 RGB
-    caption, mentioned = sf.make_caption(face.attributes, np.random.default_rng(1))
-    qa = sf.make_qa(face.attributes, np.random.default_rng(2))
-    sf.attributes_in_text(caption)                      # {category: value} named in text
-    sf.write_dataset("data/synthface", num=1000)        # what tools/make_synthface.py runs
+    from unif2ace.synthface import write_dataset
+    write_dataset("data/synthface", num=1000)        # what tools/make_synthface.py runs
 
 On-disk layout (also the generic dataset adapter's): ``DIR/images/{split}/{id}.png``;
 ``DIR/metadata.jsonl``, one JSON object per image: ``{"id", "split", "identity", "file"
@@ -20,11 +9,8 @@ On-disk layout (also the generic dataset adapter's): ``DIR/images/{split}/{id}.p
 "attributes": {category: value}}``; ``DIR/attributes.json``, the taxonomy (each category,
 its values, whether it is fixed per identity).
 
-Identities: an identity fixes face shape, skin tone, eye colour, hair colour/length/type,
-baldness, eyebrow shape, freckles, wrinkles and hidden geometry (feature spacing, sizes,
-exact tints); each identity is rendered ``per_identity`` times with different expression,
-accessories, facial hair and make-up. Splits are by identity. Everything is a pure
-function of (seed, image index), so any worker count writes byte-identical files.
+Splits are by identity. Every record is a pure function of (seed, image index), so any
+worker count writes byte-identical files.
 """
 from __future__ import annotations
 
@@ -40,18 +26,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .synthface_render import render_face
-from .synthface_taxonomy import (CATEGORIES, IDENTITY_CATEGORIES, TAXONOMY, Category, Face,
-                                 chance_level, hidden_categories, sample_face, sample_geometry,
-                                 sample_identity, split_of, taxonomy_json, validate_attributes)
-from .synthface_text import NOUN_GROUPS, PHRASES, attributes_in_text, make_caption, make_qa
-
-__all__ = [
-    "CATEGORIES", "IDENTITY_CATEGORIES", "NOUN_GROUPS", "PHRASES", "TAXONOMY", "Category", "Face",
-    "SynthFaceConfig", "attributes_in_text", "chance_level", "contact_sheet", "hidden_categories",
-    "make_caption", "make_qa", "make_record", "render_face", "sample_face", "sample_geometry",
-    "sample_identity", "split_of", "taxonomy_json", "validate_attributes", "write_dataset",
-]
+from .render import render_face
+from .taxonomy import sample_face, split_of, taxonomy_json
+from .text import make_caption, make_qa
 
 # =========================================================================== data set
 

@@ -1,7 +1,7 @@
 """SynthFace renderer: draws a face showing every attribute, with PIL on a supersampled canvas.
 
     import numpy as np
-    from unif2ace.data.synthface_render import render_face
+    from unif2ace.synthface.render import render_face
     img = render_face(attrs, 64, np.random.default_rng(0), geometry)   # PIL RGB image
 
 Cartoon style on purpose: each attribute has a distinct colour, shape or region (see
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthface_taxonomy import _choice, sample_geometry, validate_attributes
+from .taxonomy import _choice, sample_geometry, validate_attributes
 
 # =========================================================================== rendering
 
