@@ -24,7 +24,8 @@ on re-run, so an interrupted demo resumes; steps of one stage run side by side o
 No pretrained weights can be downloaded here, so the encoders are the project's own, trained on
 SynthFace seed 0's training faces by the same tools; ``assets/synthface/README.md`` gives the
 command that reproduces the committed copies, and ``--retrain-encoders`` retrains them inside
-the run. Timings per step and per stage go into OUT/timings.json and OUT/report.md.
+the run. Timings per step and per stage go into OUT/timings.json and OUT/report.md, MoE routing
+heat maps of the last 50 training steps into OUT/routing.png (shown in the report).
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from unif2ace.eval.routing import routing_from_log, routing_table, save_routing_heatmaps
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets" / "synthface"
@@ -284,35 +287,16 @@ def report(out: Path, timings: dict, this_run: float) -> str:
         if (ev / "report.md").exists():
             lines += ["", f"## {title}", "", f"Full report: [{ev.name}/report.md]({ev.name}/report.md).", "",
                       _summary(ev / "report.md")]
-    routing = routing_table(out / "train" / "metrics.jsonl")
+    matrices, labels = routing_from_log(out / "train", last=50)
+    routing = routing_table(matrices, labels)
     if routing:
         lines += ["", "## Sequence-level MoE routing (share of each group's (sequence, expert) choices, "
                   "mean over layers and the last 50 steps)", "", routing]
+    if matrices:
+        save_routing_heatmaps(matrices, out / "routing.png", labels, title="routing, mean over the last 50 steps")
+        lines += ["", "Per layer, token- and sequence-level (mean over the last 50 steps):", "",
+                  "![MoE routing heat maps](routing.png)"]
     return "\n".join(lines) + "\n"
-
-
-def routing_table(metrics_jsonl: Path) -> str:
-    """Which sequence-level experts each task's rows chose, from the training log's route stats."""
-    if not metrics_jsonl.exists():
-        return ""
-    rows = [json.loads(x) for x in metrics_jsonl.read_text().splitlines() if x.strip()]
-    rows = [r for r in rows if "event" not in r][-50:]
-    cfg_path = metrics_jsonl.parent / "final" / "config.json"
-    if not rows or not cfg_path.exists():
-        return ""
-    sm = json.loads(cfg_path.read_text())["model"]["seq_moe"]
-    if not sm.get("enabled"):
-        return ""
-    out = ["| group | " + " | ".join(f"expert {j}" for j in range(max(len(sm["gen_experts"]), len(sm["und_experts"]))))
-           + " |", "|---|" + "---|" * max(len(sm["gen_experts"]), len(sm["und_experts"]))]
-    for group, names in (("gen", sm["gen_experts"]), ("und", sm["und_experts"])):
-        vals = []
-        for j in range(len(names)):
-            xs = [v for r in rows for k, v in r.items()
-                  if k.startswith("L") and k.endswith(f"/seq_route_{group}/{j}")]
-            vals.append(f"{names[j]} {sum(xs) / len(xs):.2f}" if xs else f"{names[j]} –")
-        out.append(f"| {'generation (T2I)' if group == 'gen' else 'understanding (MMU)'} | " + " | ".join(vals) + " |")
-    return "\n".join(out)
 
 
 def _summary(report: Path) -> str:

@@ -291,7 +291,8 @@ def test_activation_checkpointing_gives_identical_losses_and_gradients():
 
 
 def test_routing_stats_collect_per_layer_and_heatmap_png(tmp_path):
-    from unif2ace.model.moe.stats import RoutingStats, save_heatmap
+    from unif2ace.eval.routing import save_routing_heatmaps
+    from unif2ace.model.moe.stats import RoutingStats
 
     layers = [_moe(seed=i) for i in range(3)]
     h = torch.randn(2, 4, 16, dtype=torch.float64)
@@ -307,8 +308,8 @@ def test_routing_stats_collect_per_layer_and_heatmap_png(tmp_path):
     assert set(mats) == {"route_frac_gen", "route_frac_und"}
     assert mats["route_frac_gen"].shape == (3, 4)
     assert abs(mats["route_frac_und"].sum(1) - 1).max() < 1e-12
-    path = save_heatmap(mats["route_frac_gen"], tmp_path / "plots" / "gen.png", title="generation group")
+    path = save_routing_heatmaps(mats, tmp_path / "plots" / "routing.png", title="two groups")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [x.name for x in (tmp_path / "plots").iterdir()] == ["gen.png"]  # no temp file left
+    assert [x.name for x in (tmp_path / "plots").iterdir()] == ["routing.png"]  # no temp file left
     import matplotlib.image
     assert matplotlib.image.imread(path).ndim == 3

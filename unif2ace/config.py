@@ -265,7 +265,7 @@ class TrainConfig:
     wandb: Literal["offline", "online", "disabled"] = "offline"
     """Weights & Biases mode."""
     sample_every: int = 0
-    """Write a T2I sample grid / VQA examples every N steps (0 disables)."""
+    """Write a T2I sample grid / VQA examples and MoE routing heat maps every N steps (0 disables)."""
     wandb_project: str = "unif2ace"
     """Weights & Biases project (runs are written under train.out_dir/wandb)."""
     optimizer: Literal["auto", "torch_adamw", "cpu_adam"] = "auto"

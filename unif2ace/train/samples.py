@@ -8,6 +8,9 @@ Writes, on rank 0, under ``train.out_dir/samples/``:
     step00000100.png    the T2I samples for the captions of the first faces (decoded with the
                         image tokenizer named in the shard manifest; codes only if it is gone)
     vqa.jsonl           {"step", "id", "question", "answer", "reference"} per face and step
+    routing_step00000100.png   MoE routing heat maps (``RoutingMaps``): per layer, the share of
+                        each expert in the choices of each task's tokens / rows, mean over the
+                        steps since the previous map (also written at the last step)
 
 Under ZeRO-3 parameters are gathered inside each forward, so every rank must run exactly the
 same forwards: the inputs are identical on every rank and answers are decoded for a fixed
@@ -26,6 +29,7 @@ import torch
 
 from unif2ace.config import Config
 from unif2ace.data import shards as S
+from unif2ace.model.moe.stats import RoutingStats
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +108,35 @@ class PeriodicSampler:
                 f.write(json.dumps({"step": step, "id": self.ids[i], "question": dec(self.questions[i]),
                                     "answer": dec(ans), "reference": dec(self.references[i])}) + "\n")
 
+
+
+class RoutingMaps:
+    """Rank 0: routing heat maps beside the sample grids (unif2ace/eval/routing.py draws them).
+
+        maps = RoutingMaps(cfg)
+        maps.add(step, row)      # every step: the step's metrics row, already averaged over ranks
+        maps.write(step)         # samples/routing_step{step}.png of the steps since the last write
+    """
+
+    def __init__(self, cfg: Config):
+        from unif2ace.eval.routing import expert_labels
+
+        self.name = cfg.name
+        self.out = Path(cfg.train.out_dir) / "samples"
+        self.labels = expert_labels(cfg.model.seq_moe.gen_experts, cfg.model.seq_moe.und_experts)
+        self.acc, self.first = RoutingStats(), None
+
+    def add(self, step: int, row: dict) -> None:
+        self.first = step if self.first is None else self.first
+        self.acc.add(row)
+
+    def write(self, step: int) -> Path | None:
+        """The PNG's path; None when nothing was routed since the last write (a dense model)."""
+        from unif2ace.eval.routing import save_routing_heatmaps
+
+        mats, first = self.acc.matrices(), self.first
+        self.acc, self.first = RoutingStats(), None
+        if not mats:
+            return None
+        return save_routing_heatmaps(mats, self.out / f"routing_step{step:08d}.png", self.labels,
+                                     title=f"{self.name}: routing, mean over steps {first}-{step}")

@@ -151,6 +151,11 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
         from unif2ace.train.samples import PeriodicSampler
 
         sampler = PeriodicSampler(cfg, rank)
+    routing = None
+    if cfg.train.sample_every and rank == 0:
+        from unif2ace.train.samples import RoutingMaps
+
+        routing = RoutingMaps(cfg)
     meter = StepMeter(world, dist.device, train_flops_per_token(engine.module, cfg.model),
                       device_peak_flops(cfg.train.peak_tflops) if dist.device.type == "cuda" else None, cfg.loss)
     sink = MetricsSink(cfg, rank, step)
@@ -194,6 +199,8 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
             counters["bad_streak"] = counters["bad_streak"] + 1 if bad else 0
             counters["samples"] += cfg.train.micro_batch * cfg.train.grad_accum * world
             row.update(lr=lr, grad_norm=_grad_norm(engine), skipped=int(skipped), bad_steps=counters["bad_total"])
+            if routing is not None:
+                routing.add(step, row)
             if bad or step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 sink.log(step, row)
             if bad:
@@ -211,6 +218,10 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
                 sampler(engine.module, step, engine.empty_partition_cache)
                 engine.train()
                 sink.event(event="samples", step=step, path=str(sampler.out))
+            if routing is not None and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):
+                heatmap = routing.write(step)
+                if heatmap is not None:
+                    sink.event(event="routing", step=step, path=str(heatmap))
             periodic = cfg.train.save_every and step % cfg.train.save_every == 0
             if periodic or stop_now or step == cfg.train.steps:
                 path = ckpt.save(engine, RankState(step, loader.state_dict(), dict(counters)))

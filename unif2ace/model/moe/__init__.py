@@ -5,7 +5,8 @@
 
 Files: token_moe.py (grouped dropless token MoE), dropless.py (sort / grouped-matmul ops),
 megablocks_backend.py (CUDA backend, lazy), seq_moe.py + resampler.py (sequence MoE),
-upcycle.py (experts from a dense MLP), stats.py (routing heat maps).
+upcycle.py (experts from a dense MLP), stats.py (routing statistics per layer; their heat maps:
+unif2ace/eval/routing.py).
 """
 from unif2ace.model.moe.seq_moe import GroupedSequenceMoE
 from unif2ace.model.moe.token_moe import GroupedTokenMoE

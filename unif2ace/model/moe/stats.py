@@ -1,34 +1,51 @@
-"""Routing statistics across layers and a PNG heat map (like the paper's expert-activation figure).
+"""Routing statistics across layers: which experts each task's tokens (token-level MoE) and
+rows (sequence-level MoE) chose, as (layers, experts) matrices.
 
-    from unif2ace.model.moe.stats import RoutingStats, save_heatmap
+    from unif2ace.model.moe.stats import RoutingStats
     acc = RoutingStats()
     for batch in loader:
-        out = model(...); acc.add(out.stats)         # keys 'L{i}/route_frac_gen' etc.
-    for key, mat in acc.matrices().items():          # (layers, experts), rows sum to 1
-        save_heatmap(mat, f"runs/x/{key}.png", title=key)
+        out = model(...); acc.add(out.stats)     # keys 'L{i}/route_frac_gen' etc., (E,) tensors
+    acc.matrices()                               # {key: (layers, E) array}, rows sum to 1
+    acc.add(json.loads(line))                    # a metrics.jsonl row: 'L{i}/route_frac_gen/{j}' floats
+
+Keys: ``route_frac_*`` (token-level MoE: share of the group's routed token assignments per
+expert), ``seq_route_*`` (sequence-level MoE: share of the group's (row, expert) choices);
+``*_gen`` is the generation group (T2I rows), ``*_und`` the understanding group (MMU rows).
+Heat maps and tables of these: ``unif2ace/eval/routing.py``.
 """
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
-from unif2ace.atomic import atomic_open
-
 ROUTING_KEYS = ("route_frac_gen", "route_frac_und", "seq_route_gen", "seq_route_und")
-_KEY = re.compile(r"^L(\d+)/(.+)$")
+# 'L3/route_frac_gen' (the model's stats: one (E,) vector) or 'L3/route_frac_gen/5' (the training
+# log's flattened form, one float per expert: unif2ace/train/metrics.py writes rows that way).
+_KEY = re.compile(r"^L(\d+)/([^/]+)(?:/(\d+))?$")
 
 
-def routing_matrices(stats: dict, keys: tuple[str, ...] = ROUTING_KEYS) -> dict[str, np.ndarray]:
-    """Model stats {'L{i}/key': (E,) tensor} → {key: (layers, E) array} for the routing keys present."""
-    rows: dict[str, dict[int, np.ndarray]] = {}
+def routing_matrices(stats: Mapping[str, Any], keys: tuple[str, ...] = ROUTING_KEYS) -> dict[str, np.ndarray]:
+    """Per-layer routing stats (either form above) → {key: (layers, E) array} for the keys present."""
+    vectors: dict[str, dict[int, np.ndarray]] = {}
+    entries: dict[str, dict[int, dict[int, float]]] = {}
     for name, val in stats.items():
         m = _KEY.match(name)
-        if m and m.group(2) in keys:
-            rows.setdefault(m.group(2), {})[int(m.group(1))] = np.asarray(val.detach().float().cpu())
-    return {k: np.stack([v[i] for i in sorted(v)]) for k, v in rows.items()}
+        if not m or m.group(2) not in keys:
+            continue
+        key, layer = m.group(2), int(m.group(1))
+        if m.group(3) is None:
+            val = val.detach().float().cpu() if hasattr(val, "detach") else val
+            vectors.setdefault(key, {})[layer] = np.atleast_1d(np.asarray(val, dtype=np.float64))  # 1 expert: a float
+        else:
+            entries.setdefault(key, {}).setdefault(layer, {})[int(m.group(3))] = float(val)
+    for key, layers in entries.items():
+        for layer, per_expert in layers.items():
+            if sorted(per_expert) != list(range(len(per_expert))):
+                raise ValueError(f"routing stats L{layer}/{key}: experts {sorted(per_expert)} are not 0..n-1")
+            vectors.setdefault(key, {})[layer] = np.array([per_expert[j] for j in range(len(per_expert))])
+    return {k: np.stack([v[i] for i in sorted(v)]) for k, v in vectors.items()}
 
 
 class RoutingStats:
@@ -39,41 +56,10 @@ class RoutingStats:
         self.sums: dict[str, np.ndarray] = {}
         self.steps = 0
 
-    def add(self, stats: dict) -> None:
+    def add(self, stats: Mapping[str, Any]) -> None:
         for k, mat in routing_matrices(stats, self.keys).items():
             self.sums[k] = self.sums.get(k, 0.0) + mat
         self.steps += 1
 
     def matrices(self) -> dict[str, np.ndarray]:
         return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
-
-
-def save_heatmap(matrix: np.ndarray, path: str | os.PathLike, title: str = "",
-                 xlabel: str = "expert", ylabel: str = "layer") -> Path:
-    """Write a (layers, experts) heat map as PNG, atomically (unif2ace/atomic.py)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.ndim != 2:
-        raise ValueError(f"save_heatmap({path}): expected a 2-D (layers, experts) matrix, got shape {matrix.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = matrix.shape
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * w, 1.0 + 0.3 * h))
-    im = ax.imshow(matrix, aspect="auto", cmap="viridis")
-    ax.set_xticks(range(w))
-    ax.set_yticks(range(h))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="fraction of tokens")
-    fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
