@@ -216,10 +216,8 @@ def _module_no_decay(mod: nn.Module) -> set[str]:
     declared = getattr(mod, "no_weight_decay", None)
     if callable(declared):
         names |= set(declared())
-    try:
-        from unif2ace.model.moe.token_moe import ExpertStack
-    except ImportError:
-        return names
+    from unif2ace.model.moe.token_moe import ExpertStack
+
     if isinstance(mod, ExpertStack):
         names |= {"b1", "b2"}
     return names
@@ -258,10 +256,8 @@ def _logical_ndim(p: torch.Tensor) -> int:
 
 def leaf_module_classes() -> list[type]:
     """MoE classes ZeRO-3 must treat as leaves (their submodules run in a data-dependent order)."""
-    try:
-        from unif2ace.model.moe import ZERO3_LEAF_MODULES
-    except ImportError:
-        return []
+    from unif2ace.model.moe import ZERO3_LEAF_MODULES
+
     return list(ZERO3_LEAF_MODULES)
 
 
