@@ -27,7 +27,6 @@ into place with ``os.replace``. Columns (one row per image):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from unif2ace.checksum import file_sha256
 from unif2ace.jsonfile import read_json
 
 FORMAT = "unif2ace-shards"
@@ -75,14 +75,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- writing
@@ -141,7 +133,7 @@ def write_shard(out_dir: str | os.PathLike, index: int, columns: dict[str, Any],
         writer.finalize()
         writer.close()
         meta = dict(meta, index=index, name=final.name, count=n,
-                    files={DATA_FILE: {"sha256": sha256_file(tmp / DATA_FILE), "bytes": (tmp / DATA_FILE).stat().st_size}})
+                    files={DATA_FILE: {"sha256": file_sha256(tmp / DATA_FILE), "bytes": (tmp / DATA_FILE).stat().st_size}})
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
         if final.exists():  # a stale shard from an older plan (the caller decided to replace it)
             shutil.rmtree(final)
@@ -263,7 +255,7 @@ def file_problems(shard_dir: str | os.PathLike, shard: dict, checksum: bool = Fa
         if want is not None and size != want:
             what = "truncated" if size < want else "longer than written"
             problems.append(f"{p}: {size} bytes, the manifest says {want} ({what})")
-        elif checksum and sha256_file(p) != info["sha256"]:
+        elif checksum and file_sha256(p) != info["sha256"]:
             problems.append(f"{p}: sha256 differs from the manifest (corrupted)")
     return problems
 

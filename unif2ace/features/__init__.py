@@ -13,7 +13,7 @@ CPU / no-weights runs must say so in the config, e.g.
 each fallback logs a WARNING and is recorded in ``describe()["fallbacks"]``.
 
 Modules: config.py (typed dataclasses), clip.py (open_clip), face.py (insightface SCRFD +
-ArcFace), noise.py (seeded Gaussian), encoders.py (build_encoders, config hash), checksum.py.
+ArcFace), noise.py (seeded Gaussian), encoders.py (build_encoders, config hash).
 """
 from unif2ace.features.config import TINY_CLIP, ClipConfig, FaceConfig, FeatureConfig, NoiseConfig
 from unif2ace.features.encoders import FeatureEncoders, build_encoders

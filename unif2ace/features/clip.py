@@ -31,7 +31,7 @@ from open_clip.transformer import VisionTransformer
 from PIL import Image
 
 from unif2ace.config import ConfigError
-from unif2ace.features.checksum import file_sha256
+from unif2ace.checksum import file_sha256
 from unif2ace.features.config import TINY_CLIP, ClipConfig
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ClipEncoder:
                     cfg.model, pretrained=weights, device=self.device, **kwargs)
             except Exception as e:  # strict load: wrong architecture, corrupt file, ...
                 raise RuntimeError(f"{weights}: cannot load as open_clip {cfg.model!r} weights: {e}") from e
-            self.source: dict[str, Any] = {"weights": weights, "sha256": file_sha256(weights)}
+            self.source: dict[str, Any] = {"weights": weights, "sha256": file_sha256(weights, cached=True)}
             self.fallback_used = None
         else:
             reason = "clip.weights is not set" if not weights else f"clip.weights file {weights} does not exist"

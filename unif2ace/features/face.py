@@ -38,7 +38,7 @@ from insightface.model_zoo import get_model
 from insightface.utils import face_align
 from PIL import Image
 
-from unif2ace.features.checksum import file_sha256
+from unif2ace.checksum import file_sha256
 from unif2ace.features.config import FaceConfig
 
 log = logging.getLogger(__name__)
@@ -208,12 +208,12 @@ class FaceEncoder:
         d: dict[str, Any] = {
             "mode": self.cfg.mode,
             "dim": self.dim,
-            "rec": {"path": self.rec.model_file, "sha256": file_sha256(self.rec.model_file),
+            "rec": {"path": self.rec.model_file, "sha256": file_sha256(self.rec.model_file, cached=True),
                     "input_size": list(self.rec.input_size),
                     "input_mean": self.rec.input_mean, "input_std": self.rec.input_std},
         }
         if self.det is not None:
-            d["det"] = {"path": self.det.model_file, "sha256": file_sha256(self.det.model_file),
+            d["det"] = {"path": self.det.model_file, "sha256": file_sha256(self.det.model_file, cached=True),
                         "input_sizes": [list(s) for s in self.det.input_sizes],
                         "thresh": self.det.det_thresh, "nms_thresh": self.det.nms_thresh}
         else:

@@ -40,6 +40,7 @@ import torch
 # Layout names and the run.json reader are shared with checkpoint loading (which must not import
 # training), so they live in unif2ace.checkpoint.run_config.
 from unif2ace.checkpoint.run_config import LATEST, RUN_META, CheckpointMismatch, read_run_config  # noqa: F401
+from unif2ace.checkpoint.run_config import config_diff
 from unif2ace.config import Config
 from unif2ace.train import expert_parallel, faults
 
@@ -128,17 +129,6 @@ def run_meta(cfg: Config, world_size: int, expert_parallel_size: int = 1) -> dic
     return meta
 
 
-def _meta_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _meta_diff(a.get(k), b.get(k), f"{prefix}{k}." if isinstance(a.get(k), dict) else f"{prefix}{k}")
-        return out
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        a, b = list(a), list(b)
-    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs run {b!r}"]
-
-
 class CheckpointManager:
     def __init__(self, root: str | os.PathLike, cfg: Config, world_size: int, rank: int, keep_last: int = 2):
         self.root = Path(root)
@@ -215,7 +205,7 @@ class CheckpointManager:
         have = json.loads(meta_path.read_text())
         have.pop("config", None)
         want = json.loads(json.dumps(run_meta(self.cfg, self.world_size, expert_parallel_size)))
-        diffs = _meta_diff(have, want)
+        diffs = config_diff(have, want)
         if diffs:
             raise CheckpointMismatch(
                 f"checkpoint {self.root / tag} was written by a different run configuration: " + "; ".join(diffs[:10])

@@ -274,23 +274,13 @@ def register_leaf_modules(model: nn.Module) -> list[nn.Module]:
 def _same_model(ckpt_model, run_model, source: str) -> None:
     from dataclasses import asdict
 
-    da, db = asdict(ckpt_model), asdict(run_model)
-    diffs = _diff(da, db, "model.")
+    from unif2ace.checkpoint.run_config import config_diff
+
+    diffs = config_diff(asdict(ckpt_model), asdict(run_model), "model.")
     if diffs:
         raise EngineError(f"train.init_from={source}: its model config differs from this run's: "
                           + "; ".join(diffs[:12]) + (" …" if len(diffs) > 12 else "")
                           + " (use the recipe it was trained with, or override those keys)")
-
-
-def _diff(a: dict, b: dict, prefix: str) -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb and not (isinstance(va, (list, tuple)) and list(va) == list(vb or [])):
-            out.append(f"{prefix}{k}: checkpoint {va!r} vs run {vb!r}")
-    return out
 
 
 def load_init(cfg: Config) -> nn.Module:
