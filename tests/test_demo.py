@@ -26,6 +26,7 @@ def test_demo_end_to_end_and_resume(tmp_path):
     report = (out / "report.md").read_text()
     assert report.count("VQA exact-match accuracy") == 2 and "unseen SynthFace seed" in report
     assert "Sequence-level MoE routing" in report and "understanding (MMU)" in report
+    assert "![MoE routing heat maps](routing.png)" in report and (out / "routing.png").read_bytes()[:4] == b"\x89PNG"
     for ev in ("eval", "eval_unseen"):
         metrics = json.loads((out / ev / "metrics.json").read_text())
         assert metrics["understanding"] and metrics["generation"]
