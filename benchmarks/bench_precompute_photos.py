@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from unif2ace.config import _merge, parse_overrides
+    from unif2ace.config import merge, parse_overrides
     from unif2ace.data.precompute import PrecomputeConfig, run
     from unif2ace.data.spec import load_spec, read_source
     from unif2ace.data.sources import texts_for_tokenizer
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     mcfg = MagvitConfig.tiny() if args.magvit == "tiny" else MagvitConfig.synthface()
     MagvitV2(mcfg).save_pretrained(tmp / "magvit")
     train_sentencepiece(texts_for_tokenizer(records), tmp / "spm.model", vocab_size=512)
-    feats = FeatureConfig.from_dict(_merge({}, parse_overrides([
+    feats = FeatureConfig.from_dict(merge({}, parse_overrides([
         "clip.model=UniF2ace-Tiny-CLIP", "clip.fallback=random-init", "face.mode=detect", f"face.det_path={det}",
         f"face.rec_path={rec}", f"face.det_size={det_size}"])))
     size = 32 if args.magvit == "tiny" else 64

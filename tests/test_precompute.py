@@ -68,9 +68,9 @@ def _cfg(assets, out, **kw):
 
 
 def _features():
-    from unif2ace.config import _merge, parse_overrides
+    from unif2ace.config import merge, parse_overrides
 
-    return FeatureConfig.from_dict(_merge({}, parse_overrides(FEATURES)))
+    return FeatureConfig.from_dict(merge({}, parse_overrides(FEATURES)))
 
 
 @pytest.fixture(scope="module")
