@@ -16,17 +16,15 @@ own summary counts it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import report  # noqa: E402
+from _report import report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
     det, rec = args.det, args.rec
     if not det or not rec:
-        from test_features import DET_SIZE, TinyArcFace, TinySCRFD, export
+        # the test suite's tiny SCRFD / ArcFace exporters, loaded by path (tests/ is not a package)
+        spec = importlib.util.spec_from_file_location("test_features", ROOT / "tests" / "test_features.py")
+        tf = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tf)
+        DET_SIZE, TinyArcFace, TinySCRFD, export = tf.DET_SIZE, tf.TinyArcFace, tf.TinySCRFD, tf.export
 
         det, rec = str(tmp / "det.onnx"), str(tmp / "rec.onnx")
         export(TinySCRFD(gate=0.9), det, {"input.1": {2: "h", 3: "w"}}, 9)

@@ -14,19 +14,6 @@ import sys
 from pathlib import Path
 
 
-
-def answer(assets, images: list, questions: list[str], ids: list[str] | None = None, scfg=None) -> list[str]:
-    """One answer per (image, question) pair, decoded in one batch."""
-    from unif2ace.inference.mmu import generate_answers, mmu_prompts
-
-    ids = ids or [f"query-{i}" for i in range(len(images))]
-    codes = assets.encode_images(images)
-    feats = assets.features(images, ids)
-    prompts = mmu_prompts(assets.model.layout, codes, [assets.text.encode_question(q) for q in questions])
-    outs = generate_answers(assets.model, prompts, scfg or assets.cfg.sample, features=feats)
-    return [assets.text.decode(o).strip() for o in outs]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="model directory or DeepSpeed checkpoint directory")
@@ -39,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     from unif2ace.inference.assets import load_assets
+    from unif2ace.inference.batch import answer_questions
     from unif2ace.tokenizers.text import CAPTION_PROMPTS
 
     questions = list(args.question) + ([CAPTION_PROMPTS[0]] if args.caption else [])
@@ -56,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    answers = answer(assets, [image] * len(questions), questions, [Path(args.image).stem] * len(questions))
+    answers = answer_questions(assets, [image] * len(questions), questions, [Path(args.image).stem] * len(questions))
     for q, a in zip(questions, answers):
         print(f"Q: {q}\nA: {a}")
     return 0

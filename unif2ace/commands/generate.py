@@ -12,46 +12,10 @@ Trailing ``key=value`` arguments override the ``sample`` section of the checkpoi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-
-
-def sample_config(cfg, overrides: list[str]):
-    from unif2ace.config import SampleConfig, _build, parse_overrides
-    import dataclasses
-    tree = parse_overrides(overrides)
-    extra = set(tree) - {"sample"}
-    if extra:
-        raise SystemExit(f"error: only sample.* overrides apply here, got {sorted(extra)}")
-    return _build(SampleConfig, {**dataclasses.asdict(cfg.sample), **tree.get("sample", {})}, "sample.")
-
-
-def generate(assets, prompts: list[str], scfg, num: int = 1, batch: int = 8, out: Path | None = None) -> list:
-    """Images (PIL) for every prompt × num, seeds scfg.seed + i; PNGs + index.json under ``out``."""
-    import torch
-    from tqdm import tqdm
-
-    from unif2ace.inference.t2i import codes_to_pil, generate_codes, save_png
-
-    jobs = [(p, k) for p in prompts for k in range(num)]
-    images, index = [], []
-    for s in tqdm(range(0, len(jobs), batch), desc="generate", unit="batch", disable=len(jobs) <= batch):
-        chunk = jobs[s:s + batch]
-        ids = [assets.text.encode(p) for p, _ in chunk]
-        gen = torch.Generator().manual_seed(scfg.seed + s)
-        codes = generate_codes(assets.model, ids, scfg, generator=gen)
-        pics = codes_to_pil(assets.image_tokenizer, codes)
-        for (p, k), im in zip(chunk, pics):
-            images.append(im)
-            if out is not None:
-                name = f"{len(index):05d}.png"
-                save_png(im, out / name)
-                index.append({"file": name, "prompt": p, "sample": k})
-    if out is not None:
-        (out / "index.json").write_text(json.dumps(index, indent=1))
-    return images
+from unif2ace.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="sample.key=value")
     args = ap.parse_args(argv)
     from unif2ace.inference.assets import load_assets
+    from unif2ace.inference.batch import generate_images, sample_config
 
     if args.prompts:
         path = Path(args.prompts)
@@ -85,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    scfg = sample_config(assets.cfg, args.overrides)
+    try:
+        scfg = sample_config(assets.cfg, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
-    images = generate(assets, prompts, scfg, args.num, args.batch, out)
+    images = generate_images(assets, prompts, scfg, args.num, args.batch, out)
     print(f"wrote {len(images)} images to {out}")
     return 0
 

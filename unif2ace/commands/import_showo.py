@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 from unif2ace.checkpoint.adapters import import_checkpoint

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
 
 from unif2ace.data.sources import BadInput, open_image

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import yaml
 
-
-from unif2ace.config import _merge, load_config, parse_overrides
+from unif2ace.cli import parse_with_extras
+from unif2ace.config import load_config, merge, parse_overrides
 from unif2ace.data.precompute import PrecomputeConfig, overwrite, run
 from unif2ace.data.shards import ShardError
 from unif2ace.data.sources import SourceConfig
@@ -59,31 +59,24 @@ def _rebuild_command(argv: list[str]) -> str:
     return shlex.join(["python", "tools/precompute_tokens.py", *(a for a in argv if a != "--overwrite")])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _input_flags(ap: argparse.ArgumentParser) -> None:
+    """Flags that are not PrecomputeConfig fields: where records come from, features, the run."""
     ap.add_argument("--data", default="", help="data set root (sets source root)")
     ap.add_argument("--source", default=None, help="YAML of SourceConfig fields (column mapping)")
     ap.add_argument("--spec", default=None, help="source spec YAML (unif2ace/data/spec.py; joins, splits, archives)")
-    ap.add_argument("--out", required=True, help="output shard directory")
-    ap.add_argument("--image-tokenizer", required=True, help="MAGVIT-v2 dir (config.json + weights)")
-    ap.add_argument("--text-tokenizer", required=True, help="SentencePiece .model or HF tokenizer dir")
     ap.add_argument("--recipe", default=None, help="check sizes against this recipe's model and derive --image-size")
-    ap.add_argument("--image-size", type=int, default=0, help="tokenizer input side (default: from --recipe)")
     ap.add_argument("--features", default=None, help="YAML of FeatureConfig (clip / face / noise)")
     ap.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE",
                     help="FeatureConfig override, e.g. clip.fallback=random-init (repeatable)")
-    ap.add_argument("--split", default="", help="only this split ('' = all)")
-    ap.add_argument("--shard-size", type=int, default=1000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1, help="processes (each loads the models once)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = cores // workers)")
-    ap.add_argument("--device", default="cpu", help="image tokenizer device: cpu | cuda | auto")
-    ap.add_argument("--min-image-size", type=int, default=16, help="skip images with a shorter side below this")
-    ap.add_argument("--allow-empty-captions", action="store_true", help="keep caption-less records for VQA")
-    ap.add_argument("--limit", type=int, default=0, help="first N records only")
     ap.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run in --out")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, args = parse_with_extras(PrecomputeConfig, argv, __doc__, extras=_input_flags, exclude=("command",),
+                                  required=("out", "image_tokenizer", "text_tokenizer"))
+    cfg.command = _rebuild_command(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from unif2ace.features import FeatureConfig
@@ -103,28 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         if not src.get("root"):
             raise SystemExit("give --data DIR, root: in --source YAML, or --spec")
         source = SourceConfig.from_dict(src)
-    feature_cfg = FeatureConfig.from_dict(_merge(_yaml(args.features, "FeatureConfig"), parse_overrides(args.feature)))
+    feature_cfg = FeatureConfig.from_dict(merge(_yaml(args.features, "FeatureConfig"), parse_overrides(args.feature)))
 
     model_cfg = load_config(args.recipe).model if args.recipe else None
-    image_size = args.image_size
-    if not image_size:
+    if not cfg.image_size:
         if model_cfg is None:
             raise SystemExit("give --image-size or --recipe")
         from unif2ace.tokenizers.magvit import MagvitV2
 
         side = math.isqrt(model_cfg.num_image_tokens)
-        down = MagvitV2.from_pretrained(args.image_tokenizer).config.downsample
-        image_size = side * down
-    cfg = PrecomputeConfig(out=args.out, image_tokenizer=args.image_tokenizer, text_tokenizer=args.text_tokenizer,
-                           image_size=image_size, split=args.split, shard_size=args.shard_size,
-                           batch_size=args.batch_size, workers=args.workers, threads=args.threads,
-                           device=args.device, min_image_size=args.min_image_size,
-                           require_caption=not args.allow_empty_captions, limit=args.limit,
-                           command=_rebuild_command(sys.argv[1:] if argv is None else argv))
+        cfg.image_size = side * MagvitV2.from_pretrained(cfg.image_tokenizer).config.downsample
     if args.overwrite:
-        overwrite(Path(args.out))
+        overwrite(Path(cfg.out))
     try:
-        s = run(cfg, source, feature_cfg, progress=not args.no_progress, model_cfg=model_cfg)
+        s = run(cfg, source, feature_cfg, progress=args.progress, model_cfg=model_cfg)
     except (ShardError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
