@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
     out = root / "clf"
     rc = tool.main(["--data", str(data), "--out", str(out), "--epochs", "12", "--batch-size", "64",
-                    "--widths", "16,32,64", "--no-progress"])
+                    "--model-widths", "16,32,64", "--no-progress"])
     assert rc == 0
     return data, out
 

@@ -42,7 +42,7 @@ def tiny(tmp_path_factory):
     assert counts == {"train": 24, "val": 12, "test": 12}
     out = root / "rec"
     rc = tool.main(["--data", str(data), "--out", str(out), "--steps", "4", "--batch-size", "8",
-                    "--widths", "8,16,16,32", "--no-progress"])
+                    "--model-widths", "8,16,16,32", "--no-progress"])
     assert rc == 0
     return data, out
 

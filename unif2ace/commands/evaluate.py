@@ -23,34 +23,23 @@ import json
 import sys
 from pathlib import Path
 
+from unif2ace.cli import parse_with_extras
 from unif2ace.eval.checkpoint import model_callables
 from unif2ace.eval.evaluate import EvalConfig, evaluate
 
 
-def main(argv: list[str] | None = None) -> int:
-    d = EvalConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="model directory or DeepSpeed checkpoint directory")
-    p.add_argument("--data", required=True, help="SynthFace directory (metadata.jsonl, attributes.json, images/)")
-    p.add_argument("--classifier", default="", help="attribute-classifier directory (needed for generation)")
-    p.add_argument("--out", required=True, help="output directory")
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that are not EvalConfig fields: how the model is reached and what is skipped."""
     p.add_argument("--shards", default=None, help="precomputed shards (default: the checkpoint's data.shards)")
-    p.add_argument("--split", default=d.split)
-    p.add_argument("--num-understanding", type=int, default=d.num_understanding, help="faces for VQA/captions (0 = all)")
-    p.add_argument("--num-generation", type=int, default=d.num_generation, help="prompts to generate from (0 = all)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--fid-real", type=int, default=d.fid_real, help="real faces for FID (0 = the whole split)")
-    p.add_argument("--inception-weights", default="", help="torch-fidelity InceptionV3 weights for standard FID")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=None, help="generation seed (default: the checkpoint's sample.seed)")
     p.add_argument("--skip-generation", action="store_true")
     p.add_argument("--skip-understanding", action="store_true")
-    a = p.parse_args(argv)
-    cfg = EvalConfig(data=a.data, out=a.out, classifier=a.classifier, split=a.split,
-                     num_understanding=a.num_understanding, num_generation=a.num_generation,
-                     batch_size=a.batch_size, fid_real=a.fid_real, inception_weights=a.inception_weights,
-                     checkpoint=a.checkpoint)
-    generate_fn, answer_fn, decode_fn = model_callables(a.checkpoint, a.shards, a.device, a.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, a = parse_with_extras(EvalConfig, argv, __doc__, required=("checkpoint", "data", "out"), extras=_run_flags)
+    generate_fn, answer_fn, decode_fn = model_callables(cfg.checkpoint, a.shards, a.device, a.seed)
     m = evaluate(cfg, None if a.skip_generation else generate_fn, None if a.skip_understanding else answer_fn,
                  decode_fn)
     summary = {"vqa_accuracy": m.get("understanding", {}).get("vqa", {}).get("overall", {}).get("accuracy"),
@@ -59,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                "generation_attribute_accuracy": m.get("generation", {}).get("attributes", {}).get("overall"),
                "decoded_attribute_accuracy": m.get("generation", {}).get("decoded_reference", {}).get("overall"),
                "synthface_fid": m.get("generation", {}).get("synthface_fid", {}).get("value"),
-               "report": str(Path(a.out) / "report.md")}
+               "report": str(Path(cfg.out) / "report.md")}
     print(json.dumps(summary, indent=1))
     return 0
 
