@@ -122,7 +122,7 @@ def test_batch_stream_is_a_permutation_per_epoch():
 
 
 def test_perceptual_loss_needs_local_weights(data, tmp_path):
-    with pytest.raises(ConfigError, match="perceptual_weights"):
+    with pytest.raises(ConfigError, match="--perceptual-weights"):
         tit.train(cfg_for(data, tmp_path / "p", perceptual_weight=0.1))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         tit.VGGPerceptual(tmp_path / "nope.pth")
