@@ -17,19 +17,16 @@ Steps, all on the built-in SynthFace set at 64×64:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from unif2ace.config import load_config  # noqa: E402
+from unif2ace.config import load_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import report  # noqa: E402
+from _report import report
 
 
 def _rate(n: int, seconds: float) -> float:

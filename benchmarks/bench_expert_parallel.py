@@ -24,9 +24,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import report  # noqa: E402
+from _report import report
 
 MOE = ["model.moe.enabled=true", "model.moe.num_shared=1", "model.moe.num_routed=8", "model.moe.top_k=3",
        "model.moe.expert_ffn=256"]

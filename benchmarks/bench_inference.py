@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unif2ace.config import load_config  # noqa: E402
-from unif2ace.inference.mmu import decode_full_recompute, generate_answers, mmu_prompts  # noqa: E402
-from unif2ace.inference.t2i import generate_codes  # noqa: E402
-from unif2ace.model.unif2ace import UniF2ace  # noqa: E402
+from unif2ace.config import load_config
+from unif2ace.inference.mmu import decode_full_recompute, generate_answers, mmu_prompts
+from unif2ace.inference.t2i import generate_codes
+from unif2ace.model.unif2ace import UniF2ace
 
 
 def timed(fn, repeats: int, device: str) -> tuple[float, float, object]:

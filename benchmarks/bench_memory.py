@@ -35,9 +35,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import report  # noqa: E402
+from _report import report
 
 BYTES = {"params": 2, "grads": 2, "optim": 12, "moe_layer_gathered": 2}
 """bf16 weights / gradients; fp32 master + exp_avg + exp_avg_sq."""

@@ -23,22 +23,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers.activations import ACT2FN  # noqa: E402
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
 
-from unif2ace.config import TokenMoEConfig  # noqa: E402
-from unif2ace.model.context import Context  # noqa: E402
-from unif2ace.model.mlp import DenseMLP  # noqa: E402
-from unif2ace.model.moe.token_moe import GroupedTokenMoE  # noqa: E402
-from unif2ace.tokens import TASK_MMU, TASK_T2I  # noqa: E402
+from unif2ace.config import TokenMoEConfig
+from unif2ace.model.context import Context
+from unif2ace.model.mlp import DenseMLP
+from unif2ace.model.moe.token_moe import GroupedTokenMoE
+from unif2ace.tokens import TASK_MMU, TASK_T2I
 
 ACT = "gelu_pytorch_tanh"  # = gelu_new, fused; what GroupedTokenMoE runs for gelu_new — same for all
 

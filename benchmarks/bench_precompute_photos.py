@@ -16,17 +16,15 @@ own summary counts it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import report  # noqa: E402
+from _report import report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from unif2ace.config import _merge, parse_overrides
+    from unif2ace.config import merge, parse_overrides
     from unif2ace.data.precompute import PrecomputeConfig, run
     from unif2ace.data.spec import load_spec, read_source
     from unif2ace.data.sources import texts_for_tokenizer
@@ -68,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
     det, rec = args.det, args.rec
     if not det or not rec:
-        from test_features import DET_SIZE, TinyArcFace, TinySCRFD, export
+        # the test suite's tiny SCRFD / ArcFace exporters, loaded by path (tests/ is not a package)
+        spec = importlib.util.spec_from_file_location("test_features", ROOT / "tests" / "test_features.py")
+        tf = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tf)
+        DET_SIZE, TinyArcFace, TinySCRFD, export = tf.DET_SIZE, tf.TinyArcFace, tf.TinySCRFD, tf.export
 
         det, rec = str(tmp / "det.onnx"), str(tmp / "rec.onnx")
         export(TinySCRFD(gate=0.9), det, {"input.1": {2: "h", 3: "w"}}, 9)
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     mcfg = MagvitConfig.tiny() if args.magvit == "tiny" else MagvitConfig.synthface()
     MagvitV2(mcfg).save_pretrained(tmp / "magvit")
     train_sentencepiece(texts_for_tokenizer(records), tmp / "spm.model", vocab_size=512)
-    feats = FeatureConfig.from_dict(_merge({}, parse_overrides([
+    feats = FeatureConfig.from_dict(merge({}, parse_overrides([
         "clip.model=UniF2ace-Tiny-CLIP", "clip.fallback=random-init", "face.mode=detect", f"face.det_path={det}",
         f"face.rec_path={rec}", f"face.det_size={det_size}"])))
     size = 32 if args.magvit == "tiny" else 64

@@ -28,14 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from unif2ace.config import load_config  # noqa: E402
+from unif2ace.config import load_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import report  # noqa: E402
+from _report import report
 
 
 def inline_batches(records, text_tok, magvit, cfg, image_size: int, device, seed: int = 0):

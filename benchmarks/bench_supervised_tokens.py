@@ -23,20 +23,17 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from unif2ace.config import load_config  # noqa: E402
-from unif2ace.data.loader import ShardLoader  # noqa: E402
-from unif2ace.losses import total_loss  # noqa: E402
-from unif2ace.model.unif2ace import UniF2ace  # noqa: E402
-from unif2ace.tokens import IGNORE, TASK_MMU  # noqa: E402
+from unif2ace.config import load_config
+from unif2ace.data.loader import ShardLoader
+from unif2ace.losses import total_loss
+from unif2ace.model.unif2ace import UniF2ace
+from unif2ace.tokens import IGNORE, TASK_MMU
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import report  # noqa: E402
+from _report import report
 
 SETTINGS = {"before": ["data.max_qa_turns=4", "data.trim_padding=false"],
             "after": ["data.max_qa_turns=12", "data.trim_padding=true"]}

@@ -18,13 +18,11 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unif2ace import synthface as sf  # noqa: E402
+from unif2ace import synthface as sf
 
 
 def rate(fn, num: int, repeats: int) -> tuple[float, float]:

@@ -1,67 +1,12 @@
 """Understanding: answer questions about (or caption) a face image, KV-cache decoding.
 
-    python launchers/answer.py --checkpoint runs/synthface/model --image face.png \
-        --question "What colour is the person's hair?"
-    python launchers/answer.py --checkpoint runs/synthface/model --image face.png --caption
+    python launchers/answer.py --help
 
-The image's tokens and CLIP / face / noise features are computed here with the encoders that
-made the training shards (their manifest, ``--shards``). Prints one answer per question.
+The command is ``unif2ace.commands.answer`` (also installed as ``unif2ace-answer``).
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def answer(assets, images: list, questions: list[str], ids: list[str] | None = None, scfg=None) -> list[str]:
-    """One answer per (image, question) pair, decoded in one batch."""
-    from unif2ace.inference.mmu import generate_answers, mmu_prompts
-
-    ids = ids or [f"query-{i}" for i in range(len(images))]
-    codes = assets.encode_images(images)
-    feats = assets.features(images, ids)
-    prompts = mmu_prompts(assets.model.layout, codes, [assets.text.encode_question(q) for q in questions])
-    outs = generate_answers(assets.model, prompts, scfg or assets.cfg.sample, features=feats)
-    return [assets.text.decode(o).strip() for o in outs]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="model directory or DeepSpeed checkpoint directory")
-    ap.add_argument("--shards", default=None, help="training shard directory (tokenizers / encoders)")
-    ap.add_argument("--image", required=True, help="an image file")
-    ap.add_argument("--question", action="append", default=[], help="a question (repeatable)")
-    ap.add_argument("--caption", action="store_true", help="ask for a detailed caption")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from unif2ace.inference.assets import load_assets
-    from unif2ace.tokenizers.text import CAPTION_PROMPTS
-
-    questions = list(args.question) + ([CAPTION_PROMPTS[0]] if args.caption else [])
-    if not questions:
-        print("error: give --question and/or --caption", file=sys.stderr)
-        return 2
-    try:
-        with Image.open(args.image) as im:
-            image = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        print(f"error: {args.image}: cannot read image: {e}", file=sys.stderr)
-        return 2
-    try:
-        assets = load_assets(args.checkpoint, args.shards, args.device)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    answers = answer(assets, [image] * len(questions), questions, [Path(args.image).stem] * len(questions))
-    for q, a in zip(questions, answers):
-        print(f"Q: {q}\nA: {a}")
-    return 0
-
+from unif2ace.commands.answer import main
 
 if __name__ == "__main__":
     sys.exit(main())

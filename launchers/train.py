@@ -8,14 +8,9 @@
     python launchers/train.py --list-keys                         # every config key, documented
 
 Multi-node on SLURM: launchers/slurm/train.sbatch. DeepSpeed configs: ds_configs/README.md.
-The loop itself lives in unif2ace/train/trainer.py.
+The loop itself lives in unif2ace/train/trainer.py (also installed as ``unif2ace-train``).
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unif2ace.train.trainer import cli  # noqa: E402
+from unif2ace.train.trainer import cli
 
 if __name__ == "__main__":
     cli()

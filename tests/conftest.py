@@ -2,8 +2,8 @@ import os
 import sys
 from pathlib import Path
 
+# The package is installed editable (tools/setup.sh): nothing here edits sys.path.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 # Console scripts (deepspeed, torchrun) live beside the interpreter: `.venv/bin/python -m pytest`
 # runs without the venv activated, so put its bin directory on PATH for subprocesses.
@@ -20,8 +20,7 @@ def tiny_shards(tmp_path_factory):
     `tiny` recipe, through the real precompute tool. Shared by every test that needs data."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    import precompute_tokens
+    from unif2ace.commands import precompute_tokens
 
     from unif2ace import synthface
     from unif2ace.data.sources import SourceConfig, load_records, texts_for_tokenizer

@@ -1,10 +1,5 @@
 """launchers/ablate.py's verdicts: seed spread decides what is noise."""
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "launchers"))
-import ablate  # noqa: E402
+from unif2ace.commands import ablate
 
 
 def _res(ref: dict, var: dict) -> dict:

@@ -1,7 +1,6 @@
 """Attribute classifier: a short training on real SynthFace output beats the majority-class
 baseline clearly on several categories; save/load is exact; bad inputs are named."""
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -24,12 +23,11 @@ def trained(tmp_path_factory):
     data = root / "synthface"
     counts = synthface.write_dataset(data, num=480, size=64, seed=1, test_frac=0.25, val_frac=0.0, progress=False)
     assert counts["train"] > 250 and counts["test"] > 60
-    sys.path.insert(0, str(ROOT / "tools"))
-    import train_attribute_classifier as tool
+    from unif2ace.commands import train_attribute_classifier as tool
 
     out = root / "clf"
     rc = tool.main(["--data", str(data), "--out", str(out), "--epochs", "12", "--batch-size", "64",
-                    "--widths", "16,32,64", "--no-progress"])
+                    "--model-widths", "16,32,64", "--no-progress"])
     assert rc == 0
     return data, out
 

@@ -27,8 +27,7 @@ def trained(tmp_path_factory):
     synthface.write_dataset(root / "data", num=48, size=32, progress=False)
     train_sentencepiece(texts_for_tokenizer(load_records(SourceConfig(root=str(root / "data")))),
                         root / "spm.model", vocab_size=512)
-    sys.path.insert(0, str(ROOT / "tools"))
-    import train_clip
+    from unif2ace.commands import train_clip
 
     rc = train_clip.main(["--data", str(root / "data"), "--text-tokenizer", str(root / "spm.model"),
                           "--out", str(root / "clip"), "--steps", "6", *FLAGS])

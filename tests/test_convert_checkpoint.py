@@ -1,14 +1,11 @@
 """tools/convert_checkpoint.py accepts the checkpoints directory (latest or --tag) or one step directory."""
-import sys
-from pathlib import Path
 
 import torch
 
+from unif2ace.commands import convert_checkpoint
+
 from test_train_engine import ZERO3, _cfg, _mem  # the in-memory loader and tiny config of the engine tests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import convert_checkpoint  # noqa: E402
 
 
 def test_a_step_directory_converts_that_step(tmp_path, capsys):

@@ -4,7 +4,6 @@ A random model answers nonsense, so this checks the wiring (shard lookup by face
 encoding, KV-cache decoding, MaskGIT sampling, MAGVIT decoding, classifier judging, files),
 not the numbers; the numbers are checked with hand-made callables in test_evaluate_report.py.
 """
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,18 +11,15 @@ import pytest
 import torch
 
 from unif2ace.checkpoint.hf_io import save_pretrained
+from unif2ace.commands import evaluate as evaluate_command
 from unif2ace.config import load_config
+from unif2ace.eval.checkpoint import model_callables
 from unif2ace.eval.attribute_classifier import AttributeClassifier, ClassifierConfig, load_taxonomy
 from unif2ace.model.unif2ace import UniF2ace
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launcher():
-    spec = importlib.util.spec_from_file_location("unif2ace_launch_evaluate", ROOT / "launchers" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +40,7 @@ def test_cli_writes_metrics_and_report(setup, tmp_path, capsys):
     meta = [json.loads(x) for x in (data / "metadata.jsonl").read_text().splitlines()]
     train = [m for m in meta if m["split"] == "train"]
     out = tmp_path / "eval"
-    rc = _launcher().main(["--checkpoint", str(root / "model"), "--data", str(data), "--classifier", str(root / "clf"),
+    rc = evaluate_command.main(["--checkpoint", str(root / "model"), "--data", str(data), "--classifier", str(root / "clf"),
                            "--out", str(out), "--split", "train", "--num-understanding", "2",
                            "--num-generation", "3", "--fid-real", "4", "--batch-size", "2"])
     assert rc == 0
@@ -64,6 +60,6 @@ def test_cli_writes_metrics_and_report(setup, tmp_path, capsys):
 
 def test_unknown_face_id_is_named(setup):
     root, _ = setup
-    _, answer_fn, _ = _launcher().model_callables(str(root / "model"))
+    _, answer_fn, _ = model_callables(str(root / "model"))
     with pytest.raises(KeyError, match="not-a-face"):
         answer_fn(["not-a-face"], ["What colour is the hair?"])

@@ -8,7 +8,6 @@ import itertools
 import json
 import math
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,14 +21,12 @@ from PIL import Image
 
 from unif2ace import synthface
 from unif2ace.features.config import FaceConfig
+from unif2ace.commands import train_face_recognizer as tool
 from unif2ace.features.face import FaceEncoder
 from unif2ace.features.face_training import (ArcMarginHead, FaceTrainConfig, FaceTrainError, RecognizerConfig,
                                              best_threshold, load_recognizer, roc_auc, train_face_recognizer,
                                              verification_pairs)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import train_face_recognizer as tool  # noqa: E402
 
 
 def _meta(data: Path) -> list[dict]:
@@ -45,7 +42,7 @@ def tiny(tmp_path_factory):
     assert counts == {"train": 24, "val": 12, "test": 12}
     out = root / "rec"
     rc = tool.main(["--data", str(data), "--out", str(out), "--steps", "4", "--batch-size", "8",
-                    "--widths", "8,16,16,32", "--no-progress"])
+                    "--model-widths", "8,16,16,32", "--no-progress"])
     assert rc == 0
     return data, out
 

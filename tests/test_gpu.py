@@ -51,13 +51,13 @@ def test_zero3_bf16_training_steps_of_the_tiny_recipe(tmp_path):
     fresh interpreter: DeepSpeed picks its accelerator once per process, and the rest of the
     suite runs with DS_ACCELERATOR=cpu."""
     code = (
-        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+        "import sys; from pathlib import Path;"
         "from test_train_engine import ZERO3, _cfg, _mem; from unif2ace.train.trainer import run;"
-        "cfg = _cfg(Path(sys.argv[2]), 'train.steps=3', 'train.save_every=1', 'train.keep_last=3');"
+        "cfg = _cfg(Path(sys.argv[1]), 'train.steps=3', 'train.save_every=1', 'train.keep_last=3');"
         "sys.exit(run(cfg, ZERO3, loader_factory=_mem))")
-    path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)  # keep carried wheels
+    path = os.pathsep.join(x for x in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")) if x)  # keep carried wheels
     env = {**os.environ, "DS_ACCELERATOR": "cuda", "PYTHONPATH": path}
-    p = subprocess.run([sys.executable, "-c", code, str(ROOT / "tests"), str(tmp_path)], cwd=ROOT, env=env,
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=150)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

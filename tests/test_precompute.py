@@ -2,7 +2,6 @@
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +67,15 @@ def _cfg(assets, out, **kw):
 
 
 def _features():
-    from unif2ace.config import _merge, parse_overrides
+    from unif2ace.config import merge, parse_overrides
 
-    return FeatureConfig.from_dict(_merge({}, parse_overrides(FEATURES)))
+    return FeatureConfig.from_dict(merge({}, parse_overrides(FEATURES)))
 
 
 @pytest.fixture(scope="module")
 def first_run(assets):
     """The CLI, once, over all 24 records (3 shards); later tests copy its output."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import precompute_tokens
+    from unif2ace.commands import precompute_tokens
 
     out = assets["root"] / "shards"
     argv = ["--data", str(assets["data"]), "--out", str(out), "--image-tokenizer", str(assets["magvit"]),

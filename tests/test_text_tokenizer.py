@@ -1,6 +1,5 @@
 """Text tokenizer wrapper (HF dir / SentencePiece) and tools/train_text_tokenizer.py."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -113,8 +112,7 @@ def test_hf_remote_code_is_never_run(tmp_path):
 
 
 def test_train_tool_on_synthface(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import train_text_tokenizer
+    from unif2ace.commands import train_text_tokenizer
 
     synthface.write_dataset(tmp_path / "sf", num=24, progress=False)
     out = tmp_path / "spm.model"

@@ -1,10 +1,9 @@
-"""tools/train_image_tokenizer.py on a few tiny generated images (tiny preset, 32² → 16 codes).
+"""The image-tokenizer trainer (unif2ace/tokenizers/training.py, tools/train_image_tokenizer.py) on a few tiny generated images (tiny preset, 32² → 16 codes).
 
     pytest -q tests/test_train_image_tokenizer.py
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,14 +15,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from unif2ace.config import ConfigError
+from unif2ace.tokenizers import training as tit
 from unif2ace.tokenizers.magvit import MagvitConfig, MagvitV2
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "train_image_tokenizer.py"
-spec = importlib.util.spec_from_file_location("train_image_tokenizer", TOOL)
-tit = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = tit  # dataclasses look their module up while the file executes
-spec.loader.exec_module(tit)
 
 
 def make_images(folder: Path, n: int, seed: int, size: int = 40) -> None:
@@ -126,7 +122,7 @@ def test_batch_stream_is_a_permutation_per_epoch():
 
 
 def test_perceptual_loss_needs_local_weights(data, tmp_path):
-    with pytest.raises(ConfigError, match="perceptual_weights"):
+    with pytest.raises(ConfigError, match="--perceptual-weights"):
         tit.train(cfg_for(data, tmp_path / "p", perceptual_weight=0.1))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         tit.VGGPerceptual(tmp_path / "nope.pth")
@@ -150,13 +146,13 @@ def test_perceptual_loss_needs_local_weights(data, tmp_path):
 
 def test_cli_runs_and_rejects_bad_options(data, tmp_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, str(TOOL), "--train_dir", str(data / "train"), "--preset", "tiny",
-                        "--image_size", "32", "--steps", "2", "--warmup_steps", "1", "--batch_size", "4",
-                        "--threads", "1", "--progress", "false", "--out", str(out), "--model", "ch=8"],
+    r = subprocess.run([sys.executable, str(TOOL), "--train-dir", str(data / "train"), "--preset", "tiny",
+                        "--image-size", "32", "--steps", "2", "--warmup-steps", "1", "--batch-size", "4",
+                        "--threads", "1", "--no-progress", "--out", str(out), "--model", "ch=8"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["steps"] == 2
     assert MagvitV2.from_pretrained(out).config.ch == 8
-    r = subprocess.run([sys.executable, str(TOOL), "--train_dir", str(data / "train"), "--preset", "tiny",
-                        "--image_size", "30", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(TOOL), "--train-dir", str(data / "train"), "--preset", "tiny",
+                        "--image-size", "30", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "multiple" in r.stderr

@@ -89,12 +89,12 @@ def load_pretrained(ckpt_dir: str | os.PathLike, overrides: list[str] | None = N
 
     ``overrides`` adjust non-shape settings (e.g. ``model.activation_checkpointing=false``).
     """
-    from unif2ace.config import _merge, parse_overrides
+    from unif2ace.config import merge, parse_overrides
     from unif2ace.model.unif2ace import UniF2ace
 
     cfg = read_config(ckpt_dir)
     if overrides:
-        cfg = config_from_dict(_merge(cfg.to_dict(), parse_overrides(overrides)))
+        cfg = config_from_dict(merge(cfg.to_dict(), parse_overrides(overrides)))
     weights = Path(ckpt_dir) / WEIGHTS_NAME
     if not weights.exists():
         raise CheckpointError(f"{ckpt_dir}: no {WEIGHTS_NAME}")

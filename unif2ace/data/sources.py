@@ -84,9 +84,9 @@ class SourceConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SourceConfig":
         """Typed build; unknown keys and wrong types raise ConfigError naming the key."""
-        from unif2ace.config import _build  # the repo's one typed-dataclass builder
+        from unif2ace.config import build  # the repo's one typed-dataclass builder
 
-        return _build(cls, dict(data), "source.")
+        return build(cls, dict(data), "source.")
 
 
 @dataclass

@@ -177,7 +177,7 @@ def _norm_files(value, where: str) -> list[dict]:
 
 def spec_from_dict(data: dict, path: str = "") -> SourceSpec:
     """Typed build (unknown keys and wrong types raise SpecError naming the key)."""
-    from unif2ace.config import ConfigError, _build  # the repo's one typed-dataclass builder
+    from unif2ace.config import ConfigError, build  # the repo's one typed-dataclass builder
 
     data = dict(data)
     tables = data.get("tables")
@@ -191,7 +191,7 @@ def spec_from_dict(data: dict, path: str = "") -> SourceSpec:
     data["tables"] = norm
     data["images"] = [{"dir": v} if isinstance(v, str) else v for v in data.get("images", [])]
     try:
-        spec = _build(SourceSpec, data, "spec.")
+        spec = build(SourceSpec, data, "spec.")
     except ConfigError as e:
         raise SpecError(f"{path or 'spec'}: {e}") from None
     for i, t in enumerate(spec.tables):

@@ -177,7 +177,7 @@ class AttributeClassifier(nn.Module):
         """Rebuild from ``config.json`` and load ``model.safetensors`` strictly; eval mode."""
         from safetensors.torch import load_file
 
-        from unif2ace.config import ConfigError, _build  # the repo's one typed-dataclass builder
+        from unif2ace.config import ConfigError, build  # the repo's one typed-dataclass builder
 
         path = Path(path)
         cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -192,7 +192,7 @@ class AttributeClassifier(nn.Module):
                 or not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in cats.values())):
             raise ClassifierError(f"{cfg_path}: 'categories' must map each category to a list of value names")
         try:
-            cfg = _build(ClassifierConfig, data, "classifier.")  # _build has no dict fields: categories set below
+            cfg = build(ClassifierConfig, data, "classifier.")  # build has no dict fields: categories set below
         except ConfigError as e:
             raise ClassifierError(f"{cfg_path}: {e}") from None
         cfg.categories = cats

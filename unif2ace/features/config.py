@@ -103,6 +103,6 @@ class FeatureConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> "FeatureConfig":
         """Build from a nested mapping; unknown keys and wrong types raise ConfigError naming the key."""
         # The repo's one typed-dataclass builder (same checks and messages as the run config).
-        from unif2ace.config import _build
+        from unif2ace.config import build
 
-        return _build(cls, dict(data or {}), "features.")
+        return build(cls, dict(data or {}), "features.")

@@ -1,17 +1,18 @@
 """Parameter counts per component, computed on the meta device (no memory, any size).
 
-    python -m unif2ace.config unif2ace-1.8b                 # resolved config + counts (main() below)
+    python -m unif2ace.config unif2ace-1.8b                 # resolved config + counts
     python -m unif2ace.config tiny model.num_layers=4
+
+    from unif2ace.model.params import param_counts
+    param_counts(load_config("tiny").model)       # OrderedDict component -> parameters
 """
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict
 
 import torch
-import yaml
 
-from unif2ace.config import ConfigError, ModelConfig, load_config, print_help
+from unif2ace.config import ModelConfig
 
 
 def _component(name: str) -> str:
@@ -46,20 +47,3 @@ def param_counts(cfg: ModelConfig) -> "OrderedDict[str, int]":
 def print_param_counts(cfg: ModelConfig) -> None:
     for k, v in param_counts(cfg).items():
         print(f"{k:>42s}: {v:>15,d}  ({v / 1e6:,.1f} M)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m unif2ace.config RECIPE [key=value ...]``: the resolved config, then parameter
-    counts. A bad recipe or key is one line on stderr (exit 2), with no traceback."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print_help()
-        return 0
-    try:
-        cfg = load_config(argv[0], argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    print_param_counts(cfg.model)
-    return 0

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from unif2ace.atomic import atomic_path, atomic_write_text
 from unif2ace.checkpoint.hf_io import CheckpointError, check_state_dict
-from unif2ace.config import ConfigError, _build
+from unif2ace.config import ConfigError, build
 from unif2ace.jsonfile import read_json
 from unif2ace.tokenizers import lfq
 
@@ -157,7 +157,7 @@ class MagvitConfig:
     def from_dict(cls, data: dict[str, Any]) -> "MagvitConfig":
         """Build from a mapping; keys starting with ``_`` (diffusers metadata such as
         ``_class_name`` in showlab/magvitv2's config.json) are ignored, unknown keys rejected."""
-        return _build(cls, {k: v for k, v in data.items() if not k.startswith("_")})
+        return build(cls, {k: v for k, v in data.items() if not k.startswith("_")})
 
 
 # --------------------------------------------------------------------------- building blocks

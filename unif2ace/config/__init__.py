@@ -10,23 +10,21 @@ the resolved config and the parameter count per component.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
-import inspect
-import sys
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
+from unif2ace.config.typed import (ConfigError, build, coerce, describe, field_docs, merge, parse_overrides,
+                                   set_dotted)
 
+__all__ = ["ConfigError", "build", "coerce", "describe", "field_docs", "merge", "parse_overrides", "set_dotted",
+           "Config", "ModelConfig", "TokenMoEConfig", "SeqMoEConfig", "LossConfig", "DataConfig", "TrainConfig",
+           "SampleConfig", "load_config", "config_from_dict", "recipe_path", "validate", "print_help"]
 
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the offending key."""
+RECIPE_DIR = Path(__file__).parents[1] / "recipes"
 
 
 # --------------------------------------------------------------------------- sections
@@ -338,111 +336,6 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal after each field) of a dataclass."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for prev, node in zip(body, body[1:]):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
-                and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)):
-            docs[prev.target.id] = node.value.value
-    return docs
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert ``value`` to type ``tp``; raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
-        return _build(tp, value, key + ".")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
-        return value
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected a bool, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}: expected an int, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected an int, got {value!r}") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a float, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a float, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported field type {tp}")  # pragma: no cover
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for k, v in data.items():
-        if k not in names:
-            close = difflib.get_close_matches(k, names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"unknown key {prefix}{k}{hint}; valid keys: {', '.join(names)}")
-        kwargs[k] = _coerce(v, hints[k], prefix + k)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: {p} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["model.num_layers=4", "loss.alpha=0"]`` → nested dict (values parsed as YAML scalars)."""
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        _set_dotted(tree, key.strip(), value)
-    return tree
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def recipe_path(name: str) -> Path:
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.exists():
@@ -455,7 +348,7 @@ def recipe_path(name: str) -> Path:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    cfg = _build(Config, data)
+    cfg = build(Config, data)
     validate(cfg)
     return cfg
 
@@ -471,7 +364,7 @@ def load_config(recipe: str | None = "tiny", overrides: list[str] | None = None)
             raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-    data = _merge(data, parse_overrides(overrides or []))
+    data = merge(data, parse_overrides(overrides or []))
     return config_from_dict(data)
 
 
@@ -538,31 +431,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.min_mask_ratio must be in [0, 1)")
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[str]:
-    """One line per field: dotted key, type, default, docstring (for --help)."""
-    lines = []
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    inst = cls()
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines += describe(tp, prefix + f.name + ".")
-        else:
-            lines.append(f"{prefix}{f.name} = {getattr(inst, f.name)!r}  # {docs.get(f.name, '')}")
-    return lines
-
-
 def print_help() -> None:
     """``python -m unif2ace.config --help``: usage and every key with its docstring."""
     print("usage: python -m unif2ace.config RECIPE [key=value ...]\n")
     print(__doc__)
-    print("\n".join(describe()))
-
-
-if __name__ == "__main__":
-    # The CLI also prints parameter counts, which need the model, and the model imports this
-    # module: the command lives in unif2ace.model.params so that no import cycle exists.
-    from unif2ace.model.params import main
-
-    sys.exit(main())
+    print("\n".join(describe(Config)))
