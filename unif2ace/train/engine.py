@@ -385,13 +385,11 @@ def build_optimizer(model: nn.Module, train: TrainConfig, ds_config: dict) -> to
 
 def lr_schedule(train: TrainConfig):
     """Linear warm-up to ``train.lr``, cosine decay to ``min_lr_ratio·lr`` at ``train.steps``
-    (transformers' implementation; DeepSpeed calls it with the optimiser it wraps)."""
-    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+    (unif2ace.schedule; DeepSpeed calls it with the optimiser it wraps)."""
+    from unif2ace.schedule import warmup_cosine
 
     def make(optimizer):
-        return get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=max(train.steps, 1),
-            min_lr_rate=train.min_lr_ratio)
+        return warmup_cosine(optimizer, train.warmup_steps, train.steps, train.min_lr_ratio)
 
     return make
 
