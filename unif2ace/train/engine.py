@@ -25,7 +25,6 @@ Decisions, and why:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import socket
@@ -298,20 +297,15 @@ def _diff(a: dict, b: dict, prefix: str) -> list[str]:
 
 
 def load_init(cfg: Config) -> nn.Module:
-    """``train.init_from``: our HF-style directory, or a Phi / Show-o directory (imported with MoE
-    upcycling as configured). The model config it implies must equal this run's."""
-    from unif2ace.checkpoint.hf_io import CONFIG_NAME, FORMAT, CheckpointError, load_pretrained
+    """``train.init_from``: any checkpoint ``unif2ace.checkpoint.load.load_model`` reads (ours,
+    a DeepSpeed checkpoint, or a Phi / Show-o directory imported with MoE upcycling as
+    configured). The model config it implies must equal this run's."""
+    from unif2ace.checkpoint.hf_io import CheckpointError
+    from unif2ace.checkpoint.load import load_model
 
     src = Path(cfg.train.init_from)
-    if not src.is_dir():
-        raise EngineError(f"train.init_from={src}: not a directory")
     try:
-        meta = json.loads((src / CONFIG_NAME).read_text()) if (src / CONFIG_NAME).exists() else {}
-        if meta.get("format") == FORMAT:
-            model, ckpt_cfg = load_pretrained(src)
-        else:
-            from unif2ace.checkpoint.adapters import import_checkpoint
-            model, ckpt_cfg = import_checkpoint(src, cfg, seed=cfg.train.seed)
+        model, ckpt_cfg = load_model(src, base=cfg, seed=cfg.train.seed)
     except CheckpointError as e:
         raise EngineError(f"train.init_from: {e}") from None
     _same_model(ckpt_cfg.model, cfg.model, str(src))
