@@ -150,3 +150,25 @@ def test_full_vocab_score_entropy_leaves_out_the_mask_column(param):
         logits[0, :, L.mask_id] = -3.0
         again = t2i_losses(logits, batch["labels"], torch.tensor([m]), L, cfg)["l_score"].item()
         assert again == pytest.approx(got, rel=1e-9)
+
+
+def test_scale_weights_each_task_like_scaled_coefficients_and_the_metric_uses_the_same_formula():
+    """The trainer's per-task factors act exactly like coefficients times the factor, and the
+    logged loss (floats of the reduced parts) comes from the same ``combine``."""
+    from dataclasses import replace
+
+    from unif2ace.losses import combine
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 8, L.vocab_size)
+    aux = {"loss_balance_tok": torch.tensor(0.25), "loss_balance_seq": torch.tensor(0.125)}
+    cfg = LossConfig(alpha=0.1, t2i_coef=2.0, mmu_coef=0.5)
+    scaled, met = total_loss(_Out(logits, aux), _batch([TASK_T2I, TASK_MMU]), L, cfg, scale=(1.5, 0.25))
+    as_coefs, _ = total_loss(_Out(logits, aux), _batch([TASK_T2I, TASK_MMU]), L,
+                             replace(cfg, t2i_coef=2.0 * 1.5, mmu_coef=0.5 * 0.25))
+    assert torch.equal(scaled, as_coefs)
+    want = 2.0 * 1.5 * met["l_d3diff"].item() + 0.5 * 0.25 * met["l_mmu"].item() + 0.375
+    assert scaled.item() == pytest.approx(want, rel=1e-6)
+    floats = {k: float(v) for k, v in met.items() if k != "loss"}
+    assert combine(floats, cfg) == pytest.approx(2.0 * floats["l_d3diff"] + 0.5 * floats["l_mmu"] + 0.375, rel=1e-12)
+    assert combine({"loss_x": 1.0}, cfg) == 1.0  # absent tasks contribute nothing

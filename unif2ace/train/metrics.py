@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from unif2ace.config import Config, LossConfig, ModelConfig
+from unif2ace.losses import combine
 from unif2ace.tokens import TASK_T2I
 from unif2ace.train import flops
 
@@ -171,9 +172,7 @@ class StepMeter:
         off = 2 * len(keys)
         summed = {k: float(packed[off + i]) for i, k in enumerate(flags)}
         off += len(flags)
-        c = self.loss_cfg
-        row["loss"] = (c.t2i_coef * row.get("l_d3diff", 0.0) + c.mmu_coef * row.get("l_mmu", 0.0)
-                       + sum(row.get(k, 0.0) for k in self._aux_keys))
+        row["loss"] = combine(row, self.loss_cfg)  # of the global per-task means: scale (1, 1)
         if summed.pop("_nonfinite"):
             row["loss"] = math.nan
         for k, v in zip(self._stat_keys, stat_vecs):

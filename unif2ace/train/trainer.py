@@ -26,7 +26,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -176,9 +175,7 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
                 batch = _to_device(batch, dist.device)
                 out = engine(batch["input_ids"], batch["task"], features=batch.get("features"))
                 counts, w = task_weights(batch["task"], world, dist.device)
-                loss_cfg = replace(cfg.loss, t2i_coef=cfg.loss.t2i_coef * float(w[0]),
-                                   mmu_coef=cfg.loss.mmu_coef * float(w[1]))
-                loss, metrics = total_loss(out, batch, layout, loss_cfg)
+                loss, metrics = total_loss(out, batch, layout, cfg.loss, scale=(float(w[0]), float(w[1])))
                 if faults.active("nan", step + 1, rank):
                     loss = loss * float("nan")
                 finite = bool(torch.isfinite(loss.detach()))
