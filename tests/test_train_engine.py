@@ -47,7 +47,7 @@ class MemLoader:
         rows = [self._row(self.pos * self.b * self.world + j * self.world + self.rank) for j in range(self.b)]
         self.pos += 1
         batch = collate([(r[0], r[1]) for r in rows], [r[2] for r in rows])
-        batch["mask_ratio"] = torch.tensor([r[3] for r in rows])
+        batch.mask_ratio = torch.tensor([r[3] for r in rows])
         return batch
 
     def state_dict(self):

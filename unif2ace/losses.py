@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from unif2ace.config import LossConfig
-from unif2ace.tokens import IGNORE, TASK_MMU, TASK_T2I, TokenLayout
+from unif2ace.tokens import IGNORE, TASK_MMU, TASK_T2I, Batch, TokenLayout
 
 _EPS = 1e-6
 
@@ -133,14 +133,14 @@ def combine(parts, cfg: LossConfig, scale: tuple[float, float] = (1.0, 1.0), sta
     return total
 
 
-def total_loss(out, batch, layout: TokenLayout, cfg: LossConfig, scale: tuple[float, float] = (1.0, 1.0)):
+def total_loss(out, batch: Batch, layout: TokenLayout, cfg: LossConfig, scale: tuple[float, float] = (1.0, 1.0)):
     """``combine`` of this batch's parts (``scale`` as there). A task with no rows in the batch
     contributes an exact 0 (still attached to the graph, so every rank back-propagates)."""
-    logits, labels, task = out.logits, batch["labels"], batch["task"]
+    logits, labels, task = out.logits, batch.labels, batch.task
     metrics: dict[str, torch.Tensor] = {}
     t2i = task == TASK_T2I
     if t2i.any() and cfg.t2i_coef * scale[0]:
-        metrics.update(t2i_losses(logits[t2i], labels[t2i], batch["mask_ratio"][t2i], layout, cfg))
+        metrics.update(t2i_losses(logits[t2i], labels[t2i], batch.mask_ratio[t2i], layout, cfg))
     mmu = task == TASK_MMU
     if mmu.any() and cfg.mmu_coef * scale[1]:
         metrics["l_mmu"] = mmu_loss(logits[mmu], labels[mmu])

@@ -34,7 +34,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -320,6 +320,21 @@ class ShardView:
 
     def __len__(self) -> int:
         return self.n
+
+
+def codes_and_features(rows: Sequence[tuple[ShardView, int]]):
+    """Shard rows ``(view, row)`` → (image codes (n, N) long, features {name: (n, *shape) float32
+    for every feature column, 'face_found': (n,) bool}), the model's inputs for those samples
+    (used by the training loader, the periodic sampler and evaluation)."""
+    import torch
+
+    if not rows:
+        raise ValueError("codes_and_features: no rows")
+    codes = torch.from_numpy(np.stack([v.codes[r] for v, r in rows]).astype(np.int64))
+    feats = {k: torch.from_numpy(np.stack([v.features[k][r] for v, r in rows]).astype(np.float32))
+             for k in rows[0][0].features}
+    feats["face_found"] = torch.tensor([bool(v.face_found[r]) for v, r in rows], dtype=torch.bool)
+    return codes, feats
 
 
 def main(argv: list[str] | None = None) -> int:
