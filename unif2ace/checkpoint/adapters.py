@@ -111,15 +111,15 @@ def export_phi(model: torch.nn.Module, cfg: Config, out: str | Path) -> Path:
     """Write a dense model as a transformers Phi directory (``PhiForCausalLM.from_pretrained``
     loads it; its logits equal ours on causal text). A token MoE or the sequence MoE has no
     place in Phi's layout and is refused, naming the keys."""
+    from transformers import PhiForCausalLM
+
     from unif2ace.checkpoint.safetensors_dir import save_safetensors_dir
 
     sd = model.state_dict()
     mapped = to_foreign(sd, "phi")
-    from transformers import PhiForCausalLM
-
-    with torch.device("meta"):
+    with torch.device("meta"):  # only the key names: no memory, no init
         theirs = set(PhiForCausalLM(phi_config(cfg.model)).state_dict())
-    extra = sorted(k for k, v in zip(sd, mapped) if v not in theirs)
+    extra = sorted(k for k, theirs_k in zip(sd, mapped) if theirs_k not in theirs)
     if extra:
         raise CheckpointError(f"{out}: only a dense model exports to Phi; no Phi counterpart for {len(extra)} "
                               f"key(s): {', '.join(extra[:8])}{' …' if len(extra) > 8 else ''}")
