@@ -112,3 +112,20 @@ def test_publish_directory_replaces_whole_and_keeps_no_old_copy(tmp_path):
         (tmp / "f").write_text(content)
         assert publish_directory(tmp, out) == out
     assert (out / "f").read_text() == "b" and _only(tmp_path) == ["step1"]
+
+
+def test_safetensors_dir_round_trip_whole_and_beside_other_files(tmp_path):
+    from unif2ace.checkpoint.safetensors_dir import CheckpointError, read_safetensors_dir, save_safetensors_dir
+
+    sd = {"w": torch.arange(6.0).reshape(2, 3).t(), "b": torch.ones(2)}  # a non-contiguous tensor too
+    out = save_safetensors_dir(tmp_path / "m", {"format": "x", "n": 1}, sd)
+    cfg, got = read_safetensors_dir(out)
+    assert cfg == {"format": "x", "n": 1} and all(torch.equal(got[k], v) for k, v in sd.items())
+    keep = tmp_path / "tok"
+    keep.mkdir()
+    (keep / "state.pt").write_text("resume state")
+    save_safetensors_dir(keep, {"n": 2}, sd, whole=False)  # a training dir: other files stay
+    assert _only(keep) == ["config.json", "model.safetensors", "state.pt"]
+    (out / "model.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: unreadable"):
+        read_safetensors_dir(out)
