@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
 
     def step(batch):
-        out = model(batch["input_ids"], batch["task"], features=batch["features"])
+        out = model(batch.input_ids, batch.task, features=batch.features)
         loss, _ = total_loss(out, batch, model.layout, cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -59,8 +59,8 @@ def synthetic_batch(cfg, layout, rows: int, generator) -> dict:
             tasks.append(TASK_MMU)
             ratios.append(0.0)
     batch = collate(out, tasks)
-    batch["mask_ratio"] = torch.tensor(ratios)
-    batch["features"] = random_features(cfg, rows, generator)
+    batch.mask_ratio = torch.tensor(ratios)
+    batch.features = random_features(cfg, rows, generator)
     return batch
 
 
@@ -75,12 +75,6 @@ def random_features(cfg, rows: int, generator) -> dict:
             "face": torch.randn(rows, s.face_dim, generator=generator),
             "face_found": torch.ones(rows, dtype=torch.bool),
             "noise": torch.randn(rows, s.noise_dim, generator=generator)}
-
-
-def _to(x, device):
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x.to(device, non_blocking=True)
 
 
 def _sync(device: str) -> None:
@@ -110,7 +104,7 @@ def train_throughput(cfg, device: str, ds_config: str, steps: int, warmup: int) 
     layout = TokenLayout.from_model_config(cfg.model)
     g = torch.Generator().manual_seed(0)
     # A few distinct batches, cycled: building rows in Python is not what is measured.
-    batches = [_to(synthetic_batch(cfg, layout, cfg.train.micro_batch, g), dist.device) for _ in range(4)]
+    batches = [synthetic_batch(cfg, layout, cfg.train.micro_batch, g).to(dist.device) for _ in range(4)]
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     losses, t_start = [], None
@@ -119,7 +113,7 @@ def train_throughput(cfg, device: str, ds_config: str, steps: int, warmup: int) 
             _sync(device)
             t_start = time.perf_counter()
         batch = batches[i % len(batches)]
-        out = engine(batch["input_ids"], batch["task"], features=batch["features"])
+        out = engine(batch.input_ids, batch.task, features=batch.features)
         loss, _ = total_loss(out, batch, layout, cfg.loss)
         engine.backward(loss)
         engine.step()

@@ -67,8 +67,8 @@ def inline_batches(records, text_tok, magvit, cfg, image_size: int, device, seed
                 tasks.append(TASK_MMU)
                 ratios.append(0.0)
         batch = collate(rows, tasks)
-        batch["mask_ratio"] = torch.tensor(ratios)
-        batch["features"] = {}
+        batch.mask_ratio = torch.tensor(ratios)
+        batch.features = {}
         yield batch
 
 
@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
 
         def step(batch):
-            batch = {k: (v.to(device) if torch.is_tensor(v) else {a: b.to(device) for a, b in v.items()})
-                     for k, v in batch.items()}
-            out = model(batch["input_ids"], batch["task"], features=batch["features"])
+            batch = batch.to(device)
+            out = model(batch.input_ids, batch.task, features=batch.features)
             loss, _ = total_loss(out, batch, model.layout, cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()

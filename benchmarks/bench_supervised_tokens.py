@@ -41,8 +41,8 @@ SETTINGS = {"before": ["data.max_qa_turns=4", "data.trim_padding=false"],
 
 def supervised(batch: dict) -> tuple[int, int]:
     """(all supervised tokens, those of MMU rows: answers, captions and their <eot>)."""
-    sup = batch["labels"] != IGNORE
-    return int(sup.sum()), int(sup[batch["task"] == TASK_MMU].sum())
+    sup = batch.labels != IGNORE
+    return int(sup.sum()), int(sup[batch.task == TASK_MMU].sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     def step(r) -> tuple[int, tuple[int, int], float]:
         b = next(r["it"])
         t = time.perf_counter()
-        out = r["model"](b["input_ids"], b["task"], features=b["features"])
+        out = r["model"](b.input_ids, b.task, features=b.features)
         loss, _ = total_loss(out, b, r["model"].layout, r["cfg"].loss)
         r["opt"].zero_grad(set_to_none=True)
         loss.backward()
         r["opt"].step()
-        return b["input_ids"].numel(), supervised(b), time.perf_counter() - t
+        return b.input_ids.numel(), supervised(b), time.perf_counter() - t
 
     for r in runs.values():
         step(r)  # warm-up

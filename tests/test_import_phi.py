@@ -137,3 +137,82 @@ def test_phi_import_upcycles_into_moe_and_keeps_the_function(tmp_path):
         ours = model(ids, torch.full((2,), TASK_MMU)).logits
     text = model.layout.text_vocab_size
     assert torch.allclose(ours[..., :text], ref[..., :text], atol=1e-5), (ours[..., :text] - ref[..., :text]).abs().max()
+
+
+# --------------------------------------------------------------------------- both directions, one dispatcher
+
+
+def _dense(seed=3, *over):
+    from unif2ace.model.unif2ace import UniF2ace
+
+    cfg = load_config("tiny", list(over))
+    torch.manual_seed(seed)
+    model = UniF2ace(cfg.model).eval()
+    with torch.no_grad():  # non-trivial norms and biases so a mapping mistake shows
+        for n, p in model.named_parameters():
+            if "layernorm" in n or n.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return model, cfg
+
+
+@pytest.mark.parametrize("fmt", ["phi", "showo"])
+def test_key_mapping_round_trip_is_the_identity(fmt):
+    from unif2ace.checkpoint.adapters import from_foreign, to_foreign
+
+    model, _ = _dense()
+    sd = model.state_dict()
+    theirs = to_foreign(sd, fmt)
+    assert "lm_head.weight" in {k.removeprefix("showo.") for k in theirs}
+    assert any(".mlp.fc1." in k for k in theirs) and not any(".ffn." in k for k in theirs)
+    back = from_foreign(theirs)
+    assert list(back) == list(sd) and all(back[k] is sd[k] for k in sd)
+
+
+def test_a_real_phi_directory_loads_through_the_dispatcher(tmp_path):
+    from unif2ace.checkpoint.load import checkpoint_kind, load_model
+
+    phi, d = _tiny_phi(tmp_path)
+    assert checkpoint_kind(d) == "foreign"
+    with pytest.raises(CheckpointError, match="needs the config to import into"):
+        load_model(d)
+    model, cfg = load_model(d, base=load_config("tiny"))
+    ids = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        ref = phi(input_ids=ids).logits
+        ours = model.eval()(ids, torch.full((2,), TASK_MMU)).logits
+    text = model.layout.text_vocab_size
+    assert torch.allclose(ours[..., :text], ref[..., :text], atol=1e-5, rtol=0)
+    out = save_pretrained(model, cfg, tmp_path / "ours")
+    assert checkpoint_kind(out) == "unif2ace"
+    again, _ = load_model(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_export_to_phi_loads_in_transformers_with_equal_logits_and_imports_back(tmp_path):
+    from unif2ace.checkpoint.adapters import export_phi
+    from unif2ace.checkpoint.load import load_model
+
+    model, cfg = _dense(5, "model.qk_layernorm=true")
+    out = export_phi(model, cfg, tmp_path / "phi")
+    phi = PhiForCausalLM.from_pretrained(out).eval()
+    assert phi.config.vocab_size == model.layout.vocab_size
+    ids = torch.randint(0, model.layout.vocab_size, (2, 16))
+    with torch.no_grad():
+        ref = phi(input_ids=ids).logits
+        ours = model(ids, torch.full((2,), TASK_MMU)).logits
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0), (ours - ref).abs().max()
+    back, cfg2 = load_model(out, base=load_config("tiny"))  # the whole layout's rows are kept, not re-drawn
+    assert cfg2.model.qk_layernorm
+    sd = model.state_dict()
+    assert back.state_dict().keys() == sd.keys()
+    assert all(torch.equal(v, sd[k]) for k, v in back.state_dict().items())
+
+
+def test_export_to_phi_refuses_a_moe_model_naming_keys(tmp_path):
+    from unif2ace.checkpoint.adapters import export_phi
+
+    model, cfg = _dense(1, "model.moe.enabled=true", "model.moe.num_routed=4", "model.moe.top_k=2",
+                        "model.moe.expert_ffn=64")
+    with pytest.raises(CheckpointError, match=r"only a dense model exports to Phi.*layers\.0\.ffn\."):
+        export_phi(model, cfg, tmp_path / "phi")
+    assert not (tmp_path / "phi").exists()

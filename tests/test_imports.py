@@ -13,7 +13,9 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "unif2ace"
-BELOW_TRAIN = ("checkpoint", "model", "data", "inference", "synthface")
+BELOW_TRAIN = ("checkpoint", "model", "data", "inference", "synthface", "tokenizers", "features", "eval",
+               "atomic", "schedule", "losses", "tokens", "config", "jsonfile")
+"""Subpackages and top-level modules of ``unif2ace`` that must not import ``unif2ace.train``."""
 
 
 def _module_name(path: Path) -> str:
@@ -98,6 +100,19 @@ def test_graph_sees_the_package():
     assert "unif2ace.config" in g["unif2ace.model.unif2ace"]
     assert "unif2ace.checkpoint.run_config" in g["unif2ace.train.checkpointing"]
     assert "unif2ace.model.unif2ace" in g["unif2ace.model.params"]  # a function-level import
+    assert "unif2ace.train" not in BELOW_TRAIN and all(
+        any(m.split(".")[1] == b for m in g if m.count(".")) for b in BELOW_TRAIN)  # every layer listed exists
+
+
+def test_training_reaches_checkpoints_through_the_one_dispatcher():
+    """train → checkpoint, never the reverse: ``train.init_from`` loads through
+    ``checkpoint.load.load_model``; the layout names training writes live in checkpoint/."""
+    g = import_graph()
+    assert "unif2ace.checkpoint.load" in g["unif2ace.train.engine"]
+    assert "unif2ace.checkpoint.adapters" not in g["unif2ace.train.engine"]  # only via the dispatcher
+    assert {"unif2ace.checkpoint.expert_shards", "unif2ace.atomic"} <= g["unif2ace.train.expert_parallel"]
+    for user in ("unif2ace.checkpoint.hf_io", "unif2ace.tokenizers.magvit", "unif2ace.eval.attribute_classifier"):
+        assert "unif2ace.checkpoint.safetensors_dir" in g[user], user
 
 
 def test_cycle_finder_finds_a_cycle():

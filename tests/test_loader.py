@@ -75,7 +75,7 @@ def _take(loader, k):
 
 
 def _indices(batches):
-    return [int(i) for b in batches for i in b["sample_index"]]
+    return [int(i) for b in batches for i in b.sample_index]
 
 
 def test_one_epoch_is_a_permutation_of_the_split(data):
@@ -97,7 +97,7 @@ def test_same_seed_same_batches_other_seed_other_order(data):
     a, b = _take(_loader(shards), 3), _take(_loader(shards), 3)
     for x, y in zip(a, b):
         for k in ("input_ids", "labels", "task", "mask_ratio", "sample_index"):
-            assert torch.equal(x[k], y[k])
+            assert torch.equal(getattr(x, k), getattr(y, k))
     c = _take(_loader(shards, seed=1), 3)
     assert _indices(c) != _indices(a)
 
@@ -115,9 +115,9 @@ def test_resume_continues_exactly(data):
     assert sorted(union) == sorted(_indices(whole)) and len(set(union)) == 54  # nothing lost or repeated
     for x, y in zip(whole, head + tail):  # and the very same rows, masking included
         for k in ("input_ids", "labels", "task", "mask_ratio", "sample_index", "cond_dropped"):
-            assert torch.equal(x[k], y[k])
-        for k in x["features"]:
-            assert torch.equal(x["features"][k], y["features"][k])
+            assert torch.equal(getattr(x, k), getattr(y, k))
+        for k in x.features:
+            assert torch.equal(x.features[k], y.features[k])
 
 
 def test_ranks_are_disjoint_and_cover_an_epoch(data):
@@ -146,19 +146,19 @@ def test_rows_are_the_builders_output(data):
     n_t2i = n_cap = n_vqa = 0
     for b in _take(_loader(shards, mb=6, cond_drop=0.0), 9):
         for r in range(6):
-            s = samples[int(b["sample_index"][r])]
+            s = samples[int(b.sample_index[r])]
             codes = torch.from_numpy(s["codes"].astype(np.int64))
-            ids = b["input_ids"][r]
-            if b["task"][r] == TASK_T2I:
+            ids = b.input_ids[r]
+            if b.task[r] == TASK_T2I:
                 n_t2i += 1
                 img = ids[-17:-1]
                 masked = img == layout.mask_id
                 want = build_t2i(layout, s["caption_ids"], codes, masked, 32)
-                assert torch.equal(ids, want[0]) and torch.equal(b["labels"][r], want[1])
-                assert masked.any() and b["mask_ratio"][r] == pytest.approx(masked.float().mean().item())
+                assert torch.equal(ids, want[0]) and torch.equal(b.labels[r], want[1])
+                assert masked.any() and b.mask_ratio[r] == pytest.approx(masked.float().mean().item())
             else:
-                assert b["task"][r] == TASK_MMU and b["mask_ratio"][r] == 0
-                answer = b["labels"][r][b["labels"][r] != IGNORE].tolist()[:-1]  # minus the final <eot>
+                assert b.task[r] == TASK_MMU and b.mask_ratio[r] == 0
+                answer = b.labels[r][b.labels[r] != IGNORE].tolist()[:-1]  # minus the final <eot>
                 if answer == s["caption_ids"][: len(answer)] and len(answer) >= 3:
                     n_cap += 1
                     prompt = next(p for p in PROMPTS if torch.equal(ids[20:20 + len(p)], torch.tensor(p)))
@@ -168,13 +168,13 @@ def test_rows_are_the_builders_output(data):
                     assert s["qa_question_ids"]  # samples without QA never become VQA rows
                     turns = list(zip(s["qa_question_ids"], s["qa_answer_ids"]))
                     ans = [a for q, a in turns]
-                    sup = b["labels"][r][b["labels"][r] != IGNORE].tolist()  # a1 <eot> a2 <eot> …
+                    sup = b.labels[r][b.labels[r] != IGNORE].tolist()  # a1 <eot> a2 <eot> …
                     assert sup[2::3] == [layout.eos_id] * (len(sup) // 3) and len(sup) % 3 == 0
                     got = [sup[i:i + 2] for i in range(0, len(sup), 3)]
                     assert sorted(got) == sorted(ans)  # every turn, in a sample-seeded order
                     want = build_mmu(layout, codes, [turns[ans.index(g)] for g in got], 32)
-                assert torch.equal(ids, want[0]) and torch.equal(b["labels"][r], want[1])
-            f = b["features"]
+                assert torch.equal(ids, want[0]) and torch.equal(b.labels[r], want[1])
+            f = b.features
             assert torch.equal(f["clip"][r], torch.from_numpy(s["clip"].astype(np.float32)))
             assert torch.equal(f["face"][r], torch.from_numpy(s["face"].astype(np.float32)))
             assert f["face_found"][r].item() == s["face_found"]
@@ -185,12 +185,12 @@ def test_task_mix_per_batch(data):
     shards, _ = data
     for frac in (0.0, 0.25, 0.5, 1.0):
         batches = _take(_loader(shards, mb=8, t2i_fraction=frac), 25)
-        counts = [int((b["task"] == TASK_T2I).sum()) for b in batches]
+        counts = [int((b.task == TASK_T2I).sum()) for b in batches]
         assert all(abs(c - 8 * frac) <= 1 for c in counts), (frac, counts)
         assert sum(counts) == pytest.approx(200 * frac, abs=2)
     only_cap = _take(_loader(shards, mb=8, t2i_fraction=0.0, caption_fraction=1.0), 3)
     for b in only_cap:  # every row is a caption: prompt ids right after <|eoi|> <sot>
-        assert all(any(row[20:20 + len(p)].tolist() == p for p in PROMPTS) for row in b["input_ids"])
+        assert all(any(row[20:20 + len(p)].tolist() == p for p in PROMPTS) for row in b.input_ids)
 
 
 def test_condition_dropout(data):
@@ -198,14 +198,14 @@ def test_condition_dropout(data):
     layout = TokenLayout.from_model_config(_model())
     dropped = [b for b in _take(_loader(shards, mb=8, t2i_fraction=1.0, cond_drop=1.0), 3)]
     for b in dropped:
-        assert b["cond_dropped"].all()
-        text = b["input_ids"][:, :-17]
+        assert b.cond_dropped.all()
+        text = b.input_ids[:, :-17]
         assert ((text == layout.pad_id).sum(1) == 32 - 2).all()  # only <sot><eot> left of the prompt
-        assert not b["features"]["clip"].any() and not b["features"]["face"].any()
-        assert not b["features"]["face_found"].any() and b["features"]["noise"].abs().sum() > 0
+        assert not b.features["clip"].any() and not b.features["face"].any()
+        assert not b.features["face_found"].any() and b.features["noise"].abs().sum() > 0
     kept = _take(_loader(shards, mb=8, t2i_fraction=1.0, cond_drop=0.0), 3)
-    assert not any(b["cond_dropped"].any() for b in kept)
-    some = torch.cat([b["cond_dropped"] for b in _take(_loader(shards, mb=8, t2i_fraction=1.0, cond_drop=0.3), 10)])
+    assert not any(b.cond_dropped.any() for b in kept)
+    some = torch.cat([b.cond_dropped for b in _take(_loader(shards, mb=8, t2i_fraction=1.0, cond_drop=0.3), 10)])
     assert 0.1 < some.float().mean() < 0.5
 
 
@@ -213,14 +213,14 @@ def test_masking_depends_on_sample_not_on_batching(data):
     shards, _ = data
     a = _take(_loader(shards, mb=6), 9)
     b = [x for r in range(2) for x in _take(_loader(shards, rank=r, world=2, mb=3), 9)]
-    rows_a = {int(i): (t.tolist(), int(k)) for x in a for i, t, k in zip(x["sample_index"], x["input_ids"], x["task"])}
-    rows_b = {int(i): (t.tolist(), int(k)) for x in b for i, t, k in zip(x["sample_index"], x["input_ids"], x["task"])}
+    rows_a = {int(i): (t.tolist(), int(k)) for x in a for i, t, k in zip(x.sample_index, x.input_ids, x.task)}
+    rows_b = {int(i): (t.tolist(), int(k)) for x in b for i, t, k in zip(x.sample_index, x.input_ids, x.task)}
     assert rows_a == rows_b
 
 
 def test_mask_ratio_schedule(data):
     shards, _ = data
-    ratios = torch.cat([b["mask_ratio"] for b in _take(_loader(shards, mb=8, t2i_fraction=1.0), 25)])
+    ratios = torch.cat([b.mask_ratio for b in _take(_loader(shards, mb=8, t2i_fraction=1.0), 25)])
     assert ratios.min() >= 1 / 16 and ratios.max() <= 1
     # cos(π/2·t), t ~ U(0,1): mean 2/π ≈ 0.64 (rounded to sixteenths)
     assert ratios.mean().item() == pytest.approx(2 / math.pi, abs=0.08)
@@ -232,7 +232,7 @@ def test_dataloader_workers_give_the_same_batches(data):
     ld = _loader(shards, mb=4, num_workers=1)
     worked = _take(ld, 4)
     for x, y in zip(plain, worked):
-        assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["labels"], y["labels"])
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
     assert ld.state_dict()["consumed"] == 16
 
 
@@ -304,10 +304,10 @@ def test_batch_feeds_model_and_loss(data):
     shards, _ = data
     cfg = load_config("tiny")
     batch = _take(_loader(shards, mb=6), 1)[0]
-    assert set(batch["task"].tolist()) == {TASK_T2I, TASK_MMU}
+    assert set(batch.task.tolist()) == {TASK_T2I, TASK_MMU}
     model = UniF2ace(cfg.model)
-    out = model(batch["input_ids"], batch["task"], features=batch["features"])
+    out = model(batch.input_ids, batch.task, features=batch.features)
     loss, metrics = total_loss(out, batch, model.layout, cfg.loss)
     loss.backward()
     assert torch.isfinite(loss) and "l_mmu" in metrics and "l_d3diff" in metrics
-    assert batch["features"]["face_found"].dtype == torch.bool and batch["features"]["clip"].dtype == torch.float32
+    assert batch.features["face_found"].dtype == torch.bool and batch.features["clip"].dtype == torch.float32

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from unif2ace.config import LossConfig
 from unif2ace.losses import mask_rate, mmu_loss, score_entropy, t2i_losses, total_loss
-from unif2ace.tokens import IGNORE, TASK_MMU, TASK_T2I, TokenLayout
+from unif2ace.tokens import IGNORE, TASK_MMU, TASK_T2I, Batch, TokenLayout
 
 
 def _sigma(m):  # m = 1 − e^{−σ}
@@ -82,7 +82,7 @@ def _batch(tasks):
             labels[i, 4] = L.image_offset + 5
         else:
             labels[i, 5] = 7
-    return {"labels": labels, "task": torch.tensor(tasks), "mask_ratio": torch.full((b,), 0.5)}
+    return Batch(labels.clone(), labels, torch.tensor(tasks), mask_ratio=torch.full((b,), 0.5))
 
 
 @pytest.mark.parametrize("tasks", [[TASK_T2I, TASK_T2I], [TASK_MMU], [TASK_T2I, TASK_MMU]])
@@ -128,7 +128,7 @@ def test_full_vocab_score_entropy_leaves_out_the_mask_column(param):
     batch = _batch([TASK_T2I])
     m = 0.5
     cfg = LossConfig(t2i_vocab="full", score_param=param, schedule="linear", alpha=1.0)
-    got = t2i_losses(logits, batch["labels"], torch.tensor([m]), L, cfg)["l_score"].item()
+    got = t2i_losses(logits, batch.labels, torch.tensor([m]), L, cfg)["l_score"].item()
     r = (1 - m) / m
     h = 1e-7
     dsigma = (_sigma(m + h) - _sigma(m - h)) / (2 * h)
@@ -140,7 +140,7 @@ def test_full_vocab_score_entropy_leaves_out_the_mask_column(param):
         else:
             z = sum(math.exp(v) for v in lg)
             s = [math.exp(v) / z * r for v in lg]
-        x0 = batch["labels"][0, p].item()
+        x0 = batch.labels[0, p].item()
         pos = sum(s[y] for y in range(V) if y != L.mask_id)
         want.append(dsigma * (pos - r * math.log(s[x0]) + r * (math.log(r) - 1)))
     assert got == pytest.approx(sum(want) / 2, rel=1e-6)
@@ -148,5 +148,27 @@ def test_full_vocab_score_entropy_leaves_out_the_mask_column(param):
     # unnormalised loss untouched
     if param == "unnormalized":
         logits[0, :, L.mask_id] = -3.0
-        again = t2i_losses(logits, batch["labels"], torch.tensor([m]), L, cfg)["l_score"].item()
+        again = t2i_losses(logits, batch.labels, torch.tensor([m]), L, cfg)["l_score"].item()
         assert again == pytest.approx(got, rel=1e-9)
+
+
+def test_scale_weights_each_task_like_scaled_coefficients_and_the_metric_uses_the_same_formula():
+    """The trainer's per-task factors act exactly like coefficients times the factor, and the
+    logged loss (floats of the reduced parts) comes from the same ``combine``."""
+    from dataclasses import replace
+
+    from unif2ace.losses import combine
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 8, L.vocab_size)
+    aux = {"loss_balance_tok": torch.tensor(0.25), "loss_balance_seq": torch.tensor(0.125)}
+    cfg = LossConfig(alpha=0.1, t2i_coef=2.0, mmu_coef=0.5)
+    scaled, met = total_loss(_Out(logits, aux), _batch([TASK_T2I, TASK_MMU]), L, cfg, scale=(1.5, 0.25))
+    as_coefs, _ = total_loss(_Out(logits, aux), _batch([TASK_T2I, TASK_MMU]), L,
+                             replace(cfg, t2i_coef=2.0 * 1.5, mmu_coef=0.5 * 0.25))
+    assert torch.equal(scaled, as_coefs)
+    want = 2.0 * 1.5 * met["l_d3diff"].item() + 0.5 * 0.25 * met["l_mmu"].item() + 0.375
+    assert scaled.item() == pytest.approx(want, rel=1e-6)
+    floats = {k: float(v) for k, v in met.items() if k != "loss"}
+    assert combine(floats, cfg) == pytest.approx(2.0 * floats["l_d3diff"] + 0.5 * floats["l_mmu"] + 0.375, rel=1e-12)
+    assert combine({"loss_x": 1.0}, cfg) == 1.0  # absent tasks contribute nothing

@@ -1,4 +1,5 @@
 """Model wiring: layouts, activation checkpointing, gradients, init."""
+import dataclasses
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ def _batch(cfg, seed=0):
             build_mmu(L, codes[2], [([9, 10], [11, 12])], m.text_len),
             build_mmu(L, codes[3], [([9], [13]), ([14], [15, 16])], m.text_len)]
     b = collate(rows, [0, 0, 1, 1])
-    b["mask_ratio"] = ratio
+    b.mask_ratio = ratio
     return b, L
 
 
@@ -30,7 +31,7 @@ def test_forward_backward_all_params_get_grads(layout):
     torch.manual_seed(0)
     model = UniF2ace(cfg.model)
     b, L = _batch(cfg)
-    out = model(b["input_ids"], b["task"])
+    out = model(b.input_ids, b.task)
     assert out.logits.shape == (4, cfg.model.seq_len, L.vocab_size)
     loss, _ = total_loss(out, b, L, cfg.loss)
     loss.backward()
@@ -52,7 +53,7 @@ def test_activation_checkpointing_takes_effect_and_matches():
     grads = []
     for m in (plain, ck):
         m.train()
-        loss, _ = total_loss(m(b["input_ids"], b["task"]), b, L, cfg.loss)
+        loss, _ = total_loss(m(b.input_ids, b.task), b, L, cfg.loss)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
     assert len(calls) == 2, "the block is recomputed in backward"
@@ -76,8 +77,8 @@ def test_pad_rows_stay_finite():
     cfg = load_config("tiny")
     model = UniF2ace(cfg.model)
     b, _ = _batch(cfg)
-    assert (b["input_ids"] == model.layout.pad_id).any()
-    assert torch.isfinite(model(b["input_ids"], b["task"]).logits).all()
+    assert (b.input_ids == model.layout.pad_id).any()
+    assert torch.isfinite(model(b.input_ids, b.task).logits).all()
 
 
 def test_trimmed_batch_gives_the_same_losses_and_real_token_logits():
@@ -89,18 +90,18 @@ def test_trimmed_batch_gives_the_same_losses_and_real_token_logits():
     torch.manual_seed(0)
     model = UniF2ace(cfg.model).double().eval()
     b, L = _batch(cfg)
-    ids, labels = trim_padding(b["input_ids"], b["labels"], L.pad_id)
-    assert ids.shape[1] < b["input_ids"].shape[1]
+    ids, labels = trim_padding(b.input_ids, b.labels, L.pad_id)
+    assert ids.shape[1] < b.input_ids.shape[1]
     for r in range(ids.shape[0]):  # same real tokens in the same order, pads only at the end
-        real = b["input_ids"][r][b["input_ids"][r] != L.pad_id]
+        real = b.input_ids[r][b.input_ids[r] != L.pad_id]
         assert torch.equal(ids[r][: len(real)], real) and (ids[r][len(real):] == L.pad_id).all()
-    t = dict(b, input_ids=ids, labels=labels)
+    t = dataclasses.replace(b, input_ids=ids, labels=labels)
     with torch.no_grad():
-        full, cut = model(b["input_ids"], b["task"]), model(ids, b["task"])
+        full, cut = model(b.input_ids, b.task), model(ids, b.task)
         lf, mf = total_loss(full, b, L, cfg.loss)
         lc, mc = total_loss(cut, t, L, cfg.loss)
     torch.testing.assert_close(lc, lf, rtol=1e-10, atol=1e-10)
     for r in range(ids.shape[0]):
-        keep_f = b["input_ids"][r] != L.pad_id
+        keep_f = b.input_ids[r] != L.pad_id
         keep_c = ids[r] != L.pad_id
         torch.testing.assert_close(cut.logits[r][keep_c], full.logits[r][keep_f], rtol=1e-9, atol=1e-9)

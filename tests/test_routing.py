@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unif2ace.eval.routing import expert_labels, routing_from_log, routing_table, save_routing_heatmaps
-from unif2ace.model.moe.stats import RoutingStats, routing_matrices
+from unif2ace.model.moe.stats import routing_matrices
 
 
 def _flat(stats):

@@ -42,7 +42,7 @@ def test_mmu_row_format_and_labels():
     t2i, _ = build_t2i(L, [5], codes, torch.tensor([True, True]), 10)
     assert len(t2i) == len(ids)
     b = collate([(ids, labels), (t2i, _)], [1, 0])
-    assert b["input_ids"].shape == (2, 15) and b["task"].tolist() == [1, 0]
+    assert b.input_ids.shape == (2, 15) and b.task.tolist() == [1, 0]
 
 
 def test_mmu_drops_turns_that_do_not_fit():

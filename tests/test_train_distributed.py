@@ -255,10 +255,10 @@ def test_convert_round_trip_gives_identical_weights_and_logits(shards, reference
     gathered = E.full_state_dict(engine)
     assert all(torch.equal(gathered[k], sd_conv[k]) for k in sd_conv)
     with torch.no_grad():
-        again = engine(batch["input_ids"], batch["task"], features=batch["features"]).logits
+        again = engine(batch.input_ids, batch.task, features=batch.features).logits
         # computed after ZeRO-3 is set up: it swaps F.linear for its memory-efficient version
         # process-wide (matmul + add: last-bit differences against addmm), so both sides use it
-        logits = conv.eval()(batch["input_ids"], batch["task"], features=batch["features"]).logits
+        logits = conv.eval()(batch.input_ids, batch.task, features=batch.features).logits
     assert torch.equal(logits, again)
 
 

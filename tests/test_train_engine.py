@@ -7,7 +7,6 @@ unif2ace.tokens (the shard loader is not what these tests are about).
 """
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -47,7 +46,7 @@ class MemLoader:
         rows = [self._row(self.pos * self.b * self.world + j * self.world + self.rank) for j in range(self.b)]
         self.pos += 1
         batch = collate([(r[0], r[1]) for r in rows], [r[2] for r in rows])
-        batch["mask_ratio"] = torch.tensor([r[3] for r in rows])
+        batch.mask_ratio = torch.tensor([r[3] for r in rows])
         return batch
 
     def state_dict(self):

@@ -183,7 +183,7 @@ def test_zero3_ep2_ranks_hold_their_own_experts_and_export_matches(tiny_shards, 
     assert w1.shape[1] == 5 and torch.equal(w1[:, 3:5].reshape(-1), parts[1][min(parts[1])][0][:w1[:, 3:5].numel()])
     batch = next(ShardLoader(cfg.data, cfg.model, 0, 1, 4, loss_cfg=cfg.loss, shard_dir=str(tiny_shards)))
     with torch.no_grad():
-        logits = [m.eval()(batch["input_ids"], batch["task"], features=batch["features"]).logits
+        logits = [m.eval()(batch.input_ids, batch.task, features=batch.features).logits
                   for m in (conv, live, ref)]
     assert torch.equal(logits[0], logits[1])
     torch.testing.assert_close(logits[0], logits[2], rtol=1e-4, atol=1e-4)

@@ -7,9 +7,12 @@
         image.save(f, format="PNG")
     with atomic_path("runs/x/w.safetensors") as tmp:  # any writer that wants a path
         save_file(sd, tmp)
+    publish_directory(tmp_dir, "runs/x/step10")       # a temp directory others filled (several ranks)
 
 Every temp file or directory sits beside its target (same file system, so ``os.replace`` is an
-atomic rename) under a dot-name, and is removed if the writer raises.
+atomic rename) under a dot-name, and is removed if the writer raises. Before a rename the new
+content is fsync'ed, after it the parent directory, so after a power loss the target is the old
+version or the complete new one (ext4/xfs rename semantics).
 """
 from __future__ import annotations
 
@@ -21,26 +24,54 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directories: their entries, i.e. a rename into them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
+
+def publish_directory(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Make the finished directory ``tmp`` appear as ``out`` in one rename (``tmp`` must be on the
+    same file system, e.g. beside ``out``): its files are fsync'ed first; an existing ``out`` is
+    moved aside to ``out.old`` and removed after the rename."""
+    tmp, out = Path(tmp), Path(out)
+    _fsync_tree(tmp)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    _fsync_path(out.parent)
+    return out
+
+
 @contextmanager
-def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp directory beside ``out``; on success it replaces ``out`` whole (the old one
-    is moved aside first and removed last), on error it is deleted and ``out`` is untouched."""
+def atomic_directory(out: str | os.PathLike, prefix: str | None = None) -> Iterator[Path]:
+    """Yield a temp directory beside ``out``; on success it replaces ``out`` whole
+    (``publish_directory``), on error it is deleted and ``out`` is untouched. ``prefix``: the temp
+    directory's name prefix (default ``.NAME.tmp``), for callers that clean up stale ones by glob."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{out.name}.tmp", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise survive the rename
     try:
         yield tmp
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -58,10 +89,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:  # the writer may have closed its own handle without fsync
-            os.fsync(f.fileno())
+        _fsync_path(tmp)  # the writer may have closed its own handle without fsync
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
         os.replace(tmp, path)
+        _fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from unif2ace.config import LossConfig
-from unif2ace.tokens import IGNORE, TASK_MMU, TASK_T2I, TokenLayout
+from unif2ace.tokens import IGNORE, TASK_MMU, TASK_T2I, Batch, TokenLayout
 
 _EPS = 1e-6
 
@@ -116,24 +116,35 @@ def mmu_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _row_mean(ce, rows, labels.shape[0])
 
 
-def total_loss(out, batch: dict[str, torch.Tensor], layout: TokenLayout, cfg: LossConfig):
-    """``c_t2i·L_D3Diff + c_mmu·L_MMU + Σ balance losses``. A task with no rows in the batch
+def combine(parts, cfg: LossConfig, scale: tuple[float, float] = (1.0, 1.0), start=0.0):
+    """The one total: ``c_t2i·s_t2i·L_D3Diff + c_mmu·s_mmu·L_MMU + Σ balance losses``, added in
+    that order. ``parts`` holds the terms present (``l_d3diff``, ``l_mmu``, ``loss_*``): tensors
+    for the loss, floats for the logged metric; a task with no rows is simply absent. ``scale``:
+    per-task factors, the trainer's share of the global per-task mean (trainer.task_weights);
+    (1, 1) for a loss that already is the global mean."""
+    total = start
+    if "l_d3diff" in parts:
+        total = total + cfg.t2i_coef * scale[0] * parts["l_d3diff"]
+    if "l_mmu" in parts:
+        total = total + cfg.mmu_coef * scale[1] * parts["l_mmu"]
+    for k, v in parts.items():
+        if k.startswith("loss_"):
+            total = total + v
+    return total
+
+
+def total_loss(out, batch: Batch, layout: TokenLayout, cfg: LossConfig, scale: tuple[float, float] = (1.0, 1.0)):
+    """``combine`` of this batch's parts (``scale`` as there). A task with no rows in the batch
     contributes an exact 0 (still attached to the graph, so every rank back-propagates)."""
-    logits, labels, task = out.logits, batch["labels"], batch["task"]
-    zero = logits.sum() * 0.0
+    logits, labels, task = out.logits, batch.labels, batch.task
     metrics: dict[str, torch.Tensor] = {}
-    total = zero
     t2i = task == TASK_T2I
-    if t2i.any() and cfg.t2i_coef:
-        parts = t2i_losses(logits[t2i], labels[t2i], batch["mask_ratio"][t2i], layout, cfg)
-        total = total + cfg.t2i_coef * parts["l_d3diff"]
-        metrics.update(parts)
+    if t2i.any() and cfg.t2i_coef * scale[0]:
+        metrics.update(t2i_losses(logits[t2i], labels[t2i], batch.mask_ratio[t2i], layout, cfg))
     mmu = task == TASK_MMU
-    if mmu.any() and cfg.mmu_coef:
+    if mmu.any() and cfg.mmu_coef * scale[1]:
         metrics["l_mmu"] = mmu_loss(logits[mmu], labels[mmu])
-        total = total + cfg.mmu_coef * metrics["l_mmu"]
-    for k, v in out.aux_losses.items():
-        total = total + v
-        metrics[k] = v
+    metrics.update(out.aux_losses)
+    total = combine(metrics, cfg, scale, start=logits.sum() * 0.0)
     metrics["loss"] = total
     return total, {k: v.detach() for k, v in metrics.items()}

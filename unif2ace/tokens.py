@@ -18,7 +18,7 @@ so rows of both tasks mix freely in one batch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -213,15 +213,44 @@ def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout, mmu: str = "omni
     return allowed[:, None]
 
 
+@dataclass
+class Batch:
+    """One batch of rows: what ``ShardLoader`` yields and the trainer, the losses and the metrics
+    read (``collate`` makes one from rows; the loader fills the optional fields)."""
+
+    input_ids: torch.Tensor
+    """(B, L) long."""
+    labels: torch.Tensor
+    """(B, L) long, ``IGNORE`` where no loss."""
+    task: torch.Tensor
+    """(B,) long: TASK_T2I / TASK_MMU."""
+    mask_ratio: torch.Tensor | None = None
+    """(B,) float: the applied mask ratio (0 on MMU rows); needed by the T2I loss."""
+    features: dict[str, torch.Tensor] | None = None
+    """Per-sample conditioning ('clip', 'face', 'face_found', 'noise', …), rows as above."""
+    sample_index: torch.Tensor | None = None
+    """(B,) long: each row's global sample row in the shards."""
+    cond_dropped: torch.Tensor | None = None
+    """(B,) bool: the caption and features were dropped (classifier-free guidance)."""
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def move(x):
+            if isinstance(x, dict):
+                return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+            return x.to(device, non_blocking=True) if torch.is_tensor(x) else x
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+
 def collate(rows: list[tuple[torch.Tensor, torch.Tensor]], tasks: list[int],
-            trim_pad_id: int | None = None) -> dict[str, torch.Tensor]:
-    """Stack equal-length rows into a batch dict (input_ids, labels, task). With ``trim_pad_id``
+            trim_pad_id: int | None = None) -> Batch:
+    """Stack equal-length rows into a ``Batch`` (input_ids, labels, task). With ``trim_pad_id``
     the batch is cut to its longest real row (``trim_padding``)."""
     ids = torch.stack([r[0] for r in rows])
     labels = torch.stack([r[1] for r in rows])
     if trim_pad_id is not None:
         ids, labels = trim_padding(ids, labels, trim_pad_id)
-    return {"input_ids": ids, "labels": labels, "task": torch.tensor(tasks, dtype=torch.long)}
+    return Batch(ids, labels, torch.tensor(tasks, dtype=torch.long))
 
 
 def trim_padding(ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

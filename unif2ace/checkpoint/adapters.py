@@ -1,7 +1,9 @@
-"""State-dict adapters: foreign checkpoints (transformers Phi, Show-o) onto our names.
+"""State-dict adapters between our names and transformers Phi / Show-o, both ways.
 
     model, cfg = import_checkpoint("/models/phi-1_5", base_cfg)            # format detected
     model, cfg = import_checkpoint("/models/show-o", base_cfg, fmt="showo")
+    export_phi(model, cfg, "runs/x/phi")      # a dense model as a transformers PhiForCausalLM directory
+    to_foreign(sd, "phi") / from_foreign(sd)  # the key mapping itself (round trip is the identity)
 
 Our names follow Phi's, minus the ``model.`` prefix and with ``mlp`` → ``ffn`` (the FFN slot).
 Show-o wraps the same Phi as ``showo.`` and has already resized the vocabulary to its layout,
@@ -56,7 +58,12 @@ def detect_format(src: Path, sd: dict[str, torch.Tensor]) -> str:
     raise CheckpointError(f"{src}: cannot tell the checkpoint format (keys like {list(sd)[:3]}); pass --format")
 
 
+FOREIGN_PREFIX = {"phi": "", "showo": "showo."}
+"""What each foreign format puts before Phi's own names."""
+
+
 def _rename(key: str) -> str | None:
+    """A Phi / Show-o key → ours (None: no counterpart)."""
     if key.startswith("showo."):
         key = key[len("showo."):]
     if key.startswith("model."):
@@ -65,6 +72,58 @@ def _rename(key: str) -> str | None:
         return None  # Show-o's CLIP-ViT projector: no counterpart (our CLIP enters via the sequence MoE)
     key = key.replace(".mlp.", ".ffn.")
     return key
+
+
+def _foreign_key(key: str, fmt: str) -> str:
+    """Our key → Phi's (``model.`` prefix except on ``lm_head``, ``ffn`` → ``mlp``), Show-o's
+    adds ``showo.``."""
+    key = key.replace(".ffn.", ".mlp.")
+    return FOREIGN_PREFIX[fmt] + (key if key.startswith("lm_head.") else "model." + key)
+
+
+def from_foreign(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Phi / Show-o state dict under our names (tensors shared, rows not resized)."""
+    return {nk: v for k, v in sd.items() if (nk := _rename(k)) is not None}
+
+
+def to_foreign(sd: dict[str, torch.Tensor], fmt: str = "phi") -> dict[str, torch.Tensor]:
+    """Our state dict under Phi's (``fmt="phi"``) or Show-o's names; ``from_foreign`` inverts it."""
+    if fmt not in FOREIGN_PREFIX:
+        raise CheckpointError(f"unknown format {fmt!r} ({' | '.join(FOREIGN_PREFIX)})")
+    return {_foreign_key(k, fmt): v for k, v in sd.items()}
+
+
+def phi_config(mcfg: ModelConfig):
+    """The transformers ``PhiConfig`` of a dense model (the whole vocabulary of our layout)."""
+    from transformers import PhiConfig
+
+    from unif2ace.tokens import TokenLayout
+
+    return PhiConfig(vocab_size=TokenLayout.from_model_config(mcfg).vocab_size, hidden_size=mcfg.hidden_size,
+                     intermediate_size=mcfg.intermediate_size, num_hidden_layers=mcfg.num_layers,
+                     num_attention_heads=mcfg.num_heads, partial_rotary_factor=mcfg.partial_rotary_factor,
+                     rope_theta=mcfg.rope_theta, layer_norm_eps=mcfg.layer_norm_eps, hidden_act=mcfg.hidden_act,
+                     qk_layernorm=mcfg.qk_layernorm, bos_token_id=mcfg.bos_id, eos_token_id=mcfg.eos_id,
+                     tie_word_embeddings=False, architectures=["PhiForCausalLM"])
+
+
+def export_phi(model: torch.nn.Module, cfg: Config, out: str | Path) -> Path:
+    """Write a dense model as a transformers Phi directory (``PhiForCausalLM.from_pretrained``
+    loads it; its logits equal ours on causal text). A token MoE or the sequence MoE has no
+    place in Phi's layout and is refused, naming the keys."""
+    from transformers import PhiForCausalLM
+
+    from unif2ace.checkpoint.safetensors_dir import save_safetensors_dir
+
+    sd = model.state_dict()
+    mapped = to_foreign(sd, "phi")
+    with torch.device("meta"):  # only the key names: no memory, no init
+        theirs = set(PhiForCausalLM(phi_config(cfg.model)).state_dict())
+    extra = sorted(k for k, theirs_k in zip(sd, mapped) if theirs_k not in theirs)
+    if extra:
+        raise CheckpointError(f"{out}: only a dense model exports to Phi; no Phi counterpart for {len(extra)} "
+                              f"key(s): {', '.join(extra[:8])}{' …' if len(extra) > 8 else ''}")
+    return save_safetensors_dir(out, phi_config(cfg.model).to_dict(), mapped)
 
 
 def foreign_model_config(src: Path, sd: dict[str, torch.Tensor], fmt: str, base: ModelConfig) -> ModelConfig:
@@ -132,18 +191,14 @@ def import_checkpoint(src: str | Path, base: Config, fmt: str | None = None, see
     cfg = dataclasses.replace(base, model=mcfg)
     model = UniF2ace(mcfg)
     layout = model.layout
-    ours = {}
-    for k, v in sd.items():
-        nk = _rename(k)
-        if nk is not None:
-            ours[nk] = v
+    ours = from_foreign(sd)
     gen = torch.Generator().manual_seed(seed)
     rows = ours["embed_tokens.weight"].shape[0]
     if fmt == "showo":
         if rows != layout.vocab_size:
             raise CheckpointError(f"{src}: Show-o embedding has {rows} rows but our layout needs {layout.vocab_size} "
                                   f"(text {layout.text_vocab_size} + 10 + codebook {layout.codebook_size} + 1)")
-    else:
+    elif rows != layout.vocab_size:  # equal: our whole layout already (export_phi wrote it): kept as is
         if rows < layout.text_vocab_size:
             raise CheckpointError(f"{src}: embedding has {rows} rows < text_vocab_size {layout.text_vocab_size}")
         for k in ("embed_tokens.weight", "lm_head.weight", "lm_head.bias"):

@@ -8,24 +8,16 @@ weights are safetensors (no pickle). Writes are atomic: a crash leaves the old d
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from unif2ace.atomic import atomic_directory
+from unif2ace.checkpoint.safetensors_dir import (CONFIG_NAME, WEIGHTS_NAME, CheckpointError,  # noqa: F401
+                                                 load_weights, read_config_json, save_safetensors_dir)
 from unif2ace.config import Config, ConfigError, config_from_dict
-from unif2ace.jsonfile import read_json
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT = "unif2ace"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, malformed, or does not fit the model."""
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str,
@@ -61,20 +53,15 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source
 def save_pretrained(model: torch.nn.Module, cfg: Config, out_dir: str | os.PathLike,
                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (temp dir, then rename)."""
-    out = Path(out_dir)
-    with atomic_directory(out) as tmp:
-        sd = state_dict if state_dict is not None else model.state_dict()
-        sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-        save_file(sd, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "producer": FORMAT})
-        (tmp / CONFIG_NAME).write_text(json.dumps({"format": FORMAT, **cfg.to_dict()}, indent=2))
-    return out
+    sd = state_dict if state_dict is not None else model.state_dict()
+    return save_safetensors_dir(out_dir, {"format": FORMAT, **cfg.to_dict()}, sd, {"producer": FORMAT})
 
 
 def read_config(ckpt_dir: str | os.PathLike) -> Config:
     path = Path(ckpt_dir) / CONFIG_NAME
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir}: no {CONFIG_NAME} (not a unif2ace checkpoint directory)")
-    data = read_json(path, CheckpointError)
+    data = read_config_json(ckpt_dir)
     if data.pop("format", None) != FORMAT:
         raise CheckpointError(f"{path}: not a unif2ace config (for Phi / Show-o use tools/import_showo.py)")
     try:
@@ -96,12 +83,7 @@ def load_pretrained(ckpt_dir: str | os.PathLike, overrides: list[str] | None = N
     if overrides:
         cfg = config_from_dict(merge(cfg.to_dict(), parse_overrides(overrides)))
     weights = Path(ckpt_dir) / WEIGHTS_NAME
-    if not weights.exists():
-        raise CheckpointError(f"{ckpt_dir}: no {WEIGHTS_NAME}")
+    sd = load_weights(weights, CheckpointError, map_location)
     model = UniF2ace(cfg.model)
-    try:
-        sd = load_file(str(weights), device=map_location)
-    except Exception as e:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from None
     check_state_dict(model, sd, str(weights), allow_partial)
     return model, cfg

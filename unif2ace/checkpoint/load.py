@@ -1,8 +1,14 @@
-"""Load a model for inference from whatever checkpoint a user has.
+"""Load a model from whatever checkpoint a user has: the one dispatcher.
 
     model, cfg = load_model("runs/synthface/model")               # our HF-style directory
     model, cfg = load_model("runs/synthface/train/checkpoints")   # a DeepSpeed ZeRO checkpoint (latest)
     model, cfg = load_model("runs/synthface/train")               # … or the run directory holding it
+    model, cfg = load_model("…/checkpoints/step00000400")         # … or one step directory
+    model, cfg = load_model("/models/phi-1_5", base=cfg)          # a Phi / Show-o directory, imported
+                                                                  # into ``base`` (checkpoint/adapters.py)
+
+``checkpoint_kind(path)`` says which of them a path is. Training's ``train.init_from`` goes
+through ``load_model`` too.
 
 ZeRO partitions are merged in memory with DeepSpeed's ``zero_to_fp32`` utilities (no process
 group needed); ``tools/convert_checkpoint.py`` writes the same merge to disk. Expert-parallel
@@ -14,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from unif2ace.checkpoint.hf_io import CONFIG_NAME, CheckpointError, check_state_dict, load_pretrained
+from unif2ace.checkpoint.hf_io import CONFIG_NAME, FORMAT, CheckpointError, check_state_dict, load_pretrained
 from unif2ace.checkpoint.expert_shards import LAYOUT_FILE, SHARD_FILE, merge_expert_shards, read_layout
 from unif2ace.checkpoint.run_config import read_run_config
 
@@ -152,12 +158,41 @@ def _shard_meta(path: Path) -> dict:
         return f.metadata() or {}
 
 
-def load_model(path: str | os.PathLike, tag: str | None = None):
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """``"unif2ace"`` (our model directory), ``"zero"`` (a DeepSpeed checkpoint: root, run or step
+    directory), ``"foreign"`` (a Phi / Show-o directory); raises CheckpointError otherwise."""
+    from unif2ace.checkpoint.safetensors_dir import read_config_json
+
     p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a directory")
     if (p / CONFIG_NAME).is_file():
-        return load_pretrained(p)
-    root = zero_root(p)
-    if root is not None:
+        return "unif2ace" if read_config_json(p).get("format") == FORMAT else "foreign"
+    if zero_root(p) is not None:
+        return "zero"
+    if any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin")):
+        return "foreign"
+    raise CheckpointError(f"{p}: neither a unif2ace model directory (config.json + model.safetensors), a DeepSpeed "
+                          f"checkpoint directory (with a 'latest' file) nor a Phi / Show-o directory")
+
+
+def load_model(path: str | os.PathLike, tag: str | None = None, *, base=None, fmt: str | None = None,
+               seed: int = 0, overrides: list[str] | None = None, map_location: str = "cpu",
+               allow_partial: bool = False):
+    """(model, cfg) from any checkpoint kind (``checkpoint_kind``). ``tag``: a ZeRO step to load
+    instead of ``latest``; ``base``, ``fmt``, ``seed``: the config a Phi / Show-o checkpoint is
+    imported into, its format (default: detected) and the seed of new rows / experts;
+    ``overrides``, ``map_location`` and ``allow_partial`` apply to our directories."""
+    p = Path(path)
+    kind = checkpoint_kind(p)
+    if kind == "unif2ace":
+        return load_pretrained(p, overrides, map_location, allow_partial)
+    if kind == "zero":
+        root = zero_root(p)
         return load_zero(root, tag if tag else (p.name if p.parent == root else None))
-    raise CheckpointError(f"{p}: neither a unif2ace model directory (config.json + model.safetensors) "
-                          f"nor a DeepSpeed checkpoint directory (with a 'latest' file)")
+    if base is None:
+        raise CheckpointError(f"{p}: a Phi / Show-o checkpoint; importing it needs the config to import into "
+                              f"(load_model(..., base=cfg), or tools/import_showo.py)")
+    from unif2ace.checkpoint.adapters import import_checkpoint
+
+    return import_checkpoint(p, base, fmt, seed, allow_partial)

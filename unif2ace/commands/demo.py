@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     data, held = out / "data", out / "data_unseen"
     shards, held_shards = out / "shards", out / "shards_unseen"
-    train_dir, model, clf = out / "train", out / "model", out / "classifier"
+    clf = out / "classifier"
     env1 = cpu_env(py, 1)
     t_start = time.time()
 

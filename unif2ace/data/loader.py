@@ -5,15 +5,16 @@
     cfg = load_config("synthface")
     loader = ShardLoader(cfg.data, cfg.model, rank, world, cfg.train.micro_batch, loss_cfg=cfg.loss)
     for batch in loader:                      # infinite; epochs advance by themselves
-        out = model(batch["input_ids"], batch["task"], features=batch["features"])
+        out = model(batch.input_ids, batch.task, features=batch.features)
         loss, metrics = total_loss(out, batch, model.layout, cfg.loss)
         ...
         ckpt["data"] = loader.state_dict()    # on resume: loader.load_state_dict(ckpt["data"])
 
-A batch: ``input_ids`` / ``labels`` (B, L) long, ``task`` (B,) (TASK_T2I / TASK_MMU),
+A batch (``unif2ace.tokens.Batch``): ``input_ids`` / ``labels`` (B, L) long, ``task`` (B,) (TASK_T2I / TASK_MMU),
 ``mask_ratio`` (B,) float (the applied ratio; 0 on MMU rows), ``features`` {'clip' (B, D),
 'face' (B, 512), 'face_found' (B,) bool, 'noise' (B, Dn), …} float32, plus ``sample_index``
-(B,) long (the sample's global row, ``loader.sample_id(i)`` gives its id) and
+(B,) long (the sample's global row, ``loader.sample_id(i)`` gives its id; features come from
+``shards.codes_and_features``) and
 ``cond_dropped`` (B,) bool. Rows come from ``unif2ace.tokens`` (build_t2i / build_mmu).
 
 Order: the samples of the split form one stream, epoch after epoch, each epoch a permutation
@@ -31,6 +32,7 @@ import bisect
 import hashlib
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ import torch
 
 from unif2ace.config import DataConfig, LossConfig, ModelConfig
 from unif2ace.data import shards as S
-from unif2ace.tokens import TASK_MMU, TASK_T2I, TokenLayout, build_mmu, build_t2i, collate, mask_image_codes, mask_ratio
+from unif2ace.tokens import TASK_MMU, TASK_T2I, Batch, TokenLayout, build_mmu, build_t2i, collate, mask_image_codes, mask_ratio
 
 STATE_VERSION = 1
 _GOLDEN = 2654435769  # round(2**32 · (√5 − 1) / 2): Weyl step of the task sequence
@@ -78,6 +80,21 @@ class _Source:
         return self.views[s], k - self.starts[s]
 
 
+@dataclass
+class _Row:
+    """One training row before collation."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    task: int
+    mask_ratio: float
+    features: dict[str, torch.Tensor]
+    """Each (1, *shape); zeros (but 'noise') when the condition was dropped."""
+    sample: int
+    """Global sample row in the shards."""
+    dropped: bool
+
+
 class _Builder:
     """Builds batch ``b`` after ``start`` consumed positions; a pure function of its arguments."""
 
@@ -113,12 +130,13 @@ class _Builder:
 
     # ----------------------------------------------------------------- rows
 
-    def row(self, g: int):
+    def row(self, g: int) -> _Row:
         epoch, pos = divmod(g, self.n)
         k = int(self.src.index[self.perm(epoch)[pos]])
         view, r = self.src.locate(k)
         gen = torch.Generator().manual_seed(_seed64(self.data.seed, epoch, k))
-        codes = torch.from_numpy(view.codes[r].astype(np.int64))
+        codes, feats = S.codes_and_features([(view, r)])
+        codes = codes[0]
         caption = view.caption_ids[r]
         questions, answers = view.questions[r], view.answers[r]
         kind = self.kind(g)
@@ -146,23 +164,18 @@ class _Builder:
             turns = [(questions[i].tolist(), answers[i].tolist()) for i in order]
             ids, labels = build_mmu(self.layout, codes, turns, m.text_len)
             task = TASK_MMU
-        feats = {name: arr[r] for name, arr in view.features.items()}
-        found = bool(view.face_found[r])
         if dropped:  # an unconditional row must not see the image through its features either
-            feats = {name: (v if name == "noise" else np.zeros_like(v)) for name, v in feats.items()}
-            found = False
-        return (ids, labels), task, ratio, feats, found, k, dropped
+            feats = {name: (v if name == "noise" else torch.zeros_like(v)) for name, v in feats.items()}
+        return _Row(ids, labels, task, ratio, feats, k, dropped)
 
-    def batch(self, start: int, b: int) -> dict:
+    def batch(self, start: int, b: int) -> Batch:
         rows = [self.row(g) for g in self.positions(start, b)]
-        out = collate([r[0] for r in rows], [r[1] for r in rows],
+        out = collate([(r.ids, r.labels) for r in rows], [r.task for r in rows],
                       trim_pad_id=self.layout.pad_id if self.data.trim_padding else None)
-        out["mask_ratio"] = torch.tensor([r[2] for r in rows], dtype=torch.float32)
-        out["features"] = {name: torch.from_numpy(np.stack([r[3][name] for r in rows]).astype(np.float32))
-                           for name in self.src.shapes}
-        out["features"]["face_found"] = torch.tensor([r[4] for r in rows], dtype=torch.bool)
-        out["sample_index"] = torch.tensor([r[5] for r in rows], dtype=torch.long)
-        out["cond_dropped"] = torch.tensor([r[6] for r in rows], dtype=torch.bool)
+        out.mask_ratio = torch.tensor([r.mask_ratio for r in rows], dtype=torch.float32)
+        out.features = {name: torch.cat([r.features[name] for r in rows]) for name in rows[0].features}
+        out.sample_index = torch.tensor([r.sample for r in rows], dtype=torch.long)
+        out.cond_dropped = torch.tensor([r.dropped for r in rows], dtype=torch.bool)
         return out
 
 
@@ -173,7 +186,7 @@ class _BatchSet(torch.utils.data.Dataset):
         self.args, self.start = args, start
         self.builder: _Builder | None = None
 
-    def __getitem__(self, b: int) -> dict:
+    def __getitem__(self, b: int) -> Batch:
         if self.builder is None:
             self.builder = _Builder(*self.args)
         return self.builder.batch(self.start, b)

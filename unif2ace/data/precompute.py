@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from unif2ace.atomic import atomic_write_text
 from unif2ace.data import shards as S
 from unif2ace.data.sources import BadInput, Record, SourceConfig, fit_square, load_records, open_image
 from unif2ace.data.spec import SourceSpec, load_spec_records
@@ -418,7 +419,7 @@ def run(cfg: PrecomputeConfig, source: SourceConfig | SourceSpec, feature_cfg, p
     manifest = S.with_shards(header, metas, complete)
     S.write_manifest(out, manifest)
     bad = [b for i in sorted(metas) for b in metas[i]["bad"]]
-    S.atomic_write_text(out / S.BAD_INPUTS, "".join(json.dumps(b) + "\n" for b in bad))
+    atomic_write_text(out / S.BAD_INPUTS, "".join(json.dumps(b) + "\n" for b in bad))
     elapsed = time.time() - t0
     todo = sum(len(plan[i]) for i in pending)
     return {

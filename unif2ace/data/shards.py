@@ -12,7 +12,7 @@ Layout of a shard directory ``OUT``::
     OUT/shard-00000/meta.json  the shard's own count, checksum, plan hash and bad inputs
 
 A shard directory only ever appears complete: it is written under ``OUT/.tmp-*`` and moved
-into place with ``os.replace``. Columns (one row per image):
+into place by one rename (unif2ace/atomic.py). Columns (one row per image):
 
     id, split, identity   string
     codes                 fixed list<uint16>[num_image_tokens]  (uint32 if codebook > 65536)
@@ -32,12 +32,12 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from unif2ace.atomic import atomic_directory, atomic_write_text
 from unif2ace.checksum import file_sha256
 from unif2ace.jsonfile import read_json
 
@@ -58,23 +58,6 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- writing
@@ -125,8 +108,7 @@ def write_shard(out_dir: str | os.PathLike, index: int, columns: dict[str, Any],
         else:
             arrays[name] = pa.array(v.tolist() if isinstance(v, np.ndarray) else v)
     table = pa.table(arrays).cast(features.arrow_schema)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{TMP_PREFIX}{shard_name(index)}-"))
-    try:
+    with atomic_directory(final, prefix=f"{TMP_PREFIX}{shard_name(index)}-") as tmp:
         writer = ArrowWriter(features=features, path=str(tmp / DATA_FILE), writer_batch_size=max(n, 1))
         # One record batch per shard: the loader then reads every column zero-copy.
         writer.write_table(table, writer_batch_size=max(n, 1))
@@ -135,12 +117,7 @@ def write_shard(out_dir: str | os.PathLike, index: int, columns: dict[str, Any],
         meta = dict(meta, index=index, name=final.name, count=n,
                     files={DATA_FILE: {"sha256": file_sha256(tmp / DATA_FILE), "bytes": (tmp / DATA_FILE).stat().st_size}})
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1))
-        if final.exists():  # a stale shard from an older plan (the caller decided to replace it)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # an existing shard (a stale one from an older plan: the caller decided to replace it) is replaced whole
     return meta
 
 
@@ -337,6 +314,21 @@ class ShardView:
 
     def __len__(self) -> int:
         return self.n
+
+
+def codes_and_features(rows: Sequence[tuple[ShardView, int]]):
+    """Shard rows ``(view, row)`` → (image codes (n, N) long, features {name: (n, *shape) float32
+    for every feature column, 'face_found': (n,) bool}), the model's inputs for those samples
+    (used by the training loader, the periodic sampler and evaluation)."""
+    import torch
+
+    if not rows:
+        raise ValueError("codes_and_features: no rows")
+    codes = torch.from_numpy(np.stack([v.codes[r] for v, r in rows]).astype(np.int64))
+    feats = {k: torch.from_numpy(np.stack([v.features[k][r] for v, r in rows]).astype(np.float32))
+             for k in rows[0][0].features}
+    feats["face_found"] = torch.tensor([bool(v.face_found[r]) for v, r in rows], dtype=torch.bool)
+    return codes, feats
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,22 +14,19 @@ directory atomically.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
-
-from unif2ace.atomic import atomic_directory
-from unif2ace.jsonfile import read_json
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from unif2ace.checkpoint.safetensors_dir import CONFIG_NAME, WEIGHTS_NAME, read_safetensors_dir, save_safetensors_dir
+from unif2ace.jsonfile import read_json
+
 FORMAT = "unif2ace-attribute-classifier"
 
 
@@ -162,28 +159,19 @@ class AttributeClassifier(nn.Module):
     def save(self, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` as one directory, atomically
         (temp directory beside it, then rename; an existing directory is replaced whole)."""
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        with atomic_directory(out) as tmp:
-            sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(sd, str(tmp / WEIGHTS_NAME), metadata={"producer": FORMAT})
-            cfg = {"format": FORMAT, **asdict(self.cfg), **({"extra": extra} if extra else {})}
-            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
-        return out
+        cfg = {"format": FORMAT, **asdict(self.cfg), **({"extra": extra} if extra else {})}
+        return save_safetensors_dir(out_dir, cfg, self.state_dict(), {"producer": FORMAT})
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> "AttributeClassifier":
         """Rebuild from ``config.json`` and load ``model.safetensors`` strictly; eval mode."""
-        from safetensors.torch import load_file
-
         from unif2ace.config import ConfigError, build  # the repo's one typed-dataclass builder
 
         path = Path(path)
         cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not cfg_path.exists() or not w_path.exists():
             raise ClassifierError(f"{path}: not a classifier directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        data = read_json(cfg_path, ClassifierError)
+        data, sd = read_safetensors_dir(path, ClassifierError, map_location)
         if data.pop("format", None) != FORMAT:
             raise ClassifierError(f"{cfg_path}: not an attribute-classifier config (format != {FORMAT!r})")
         data.pop("extra", None)
@@ -197,10 +185,6 @@ class AttributeClassifier(nn.Module):
             raise ClassifierError(f"{cfg_path}: {e}") from None
         cfg.categories = cats
         model = cls(cfg)
-        try:
-            sd = load_file(str(w_path), device=map_location)
-        except Exception as e:  # safetensors has its own error types for truncated files
-            raise ClassifierError(f"{w_path}: unreadable safetensors file: {e}") from None
         try:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as e:

@@ -22,7 +22,6 @@ def model_callables(checkpoint: str, shards: str | None = None, device: str = "c
     ``sample.seed``), and decodes the codes with the image tokenizer; ``decode_fn`` decodes faces
     from their own shard codes (what the image tokenizer lets any generator reach).
     """
-    import numpy as np
     import torch
 
     from unif2ace.data import shards as S
@@ -45,10 +44,7 @@ def model_callables(checkpoint: str, shards: str | None = None, device: str = "c
         missing = [i for i in ids if i not in where]
         if missing:
             raise KeyError(f"{shard_dir}: face ids not in the shards: {missing[:5]}")
-        rows = [where[i] for i in ids]
-        codes = torch.from_numpy(np.stack([v.codes[r] for v, r in rows]).astype(np.int64))
-        feats = {k: torch.from_numpy(np.stack([v.features[k][r] for v, r in rows]).astype(np.float32)) for k in shapes}
-        feats["face_found"] = torch.tensor([bool(v.face_found[r]) for v, r in rows])
+        codes, feats = S.codes_and_features([where[i] for i in ids])
         prompts = mmu_prompts(model.layout, codes, [assets.text.encode_question(q) for q in questions])
         out = generate_answers(model, prompts, cfg.sample, features=feats)
         return [assets.text.decode(o).strip() for o in out]
@@ -58,7 +54,7 @@ def model_callables(checkpoint: str, shards: str | None = None, device: str = "c
         return codes_to_pil(assets.image_tokenizer, codes)
 
     def decode_fn(ids: list[str]) -> list:
-        codes = torch.from_numpy(np.stack([where[i][0].codes[where[i][1]] for i in ids]).astype(np.int64))
+        codes, _ = S.codes_and_features([where[i] for i in ids])
         return codes_to_pil(assets.image_tokenizer, codes)
 
     return generate_fn, answer_fn, decode_fn

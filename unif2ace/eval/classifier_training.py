@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from unif2ace.eval.attribute_classifier import (AttributeClassifier, ClassifierConfig, ClassifierError,
                                                 encode_labels, load_taxonomy, to_input)
+from unif2ace.schedule import warmup_cosine, warmup_steps_for
 
 IGNORE = -100
 
@@ -177,9 +178,7 @@ def _train(cfg: TrainClassifierConfig) -> dict:
     total = steps_per_epoch * cfg.epochs if cfg.epochs > 0 else cfg.steps
     if total < 1:
         raise ValueError(f"train_classifier: steps={cfg.steps}, epochs={cfg.epochs}: nothing to train")
-    warm = max(1, int(0.05 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    sched = warmup_cosine(opt, warmup_steps_for(total), total)
     x_in = to_input(x_tr, mcfg.image_size)  # normalise once; augmentation works on floats
     bar = tqdm(total=total, desc="classifier", unit="step", disable=not cfg.progress, mininterval=1.0)
     t1 = time.time()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from PIL import Image
 
+from unif2ace.atomic import atomic_write_text
 from unif2ace.config import ConfigError
 from unif2ace.checksum import file_sha256
 from unif2ace.features.config import TINY_CLIP, ClipConfig
@@ -59,9 +60,7 @@ def register_model_config(name: str, cfg: dict[str, Any]) -> None:
     if _config_dir is None:
         _config_dir = Path(tempfile.mkdtemp(prefix="unif2ace-open_clip-"))
     path = _config_dir / f"{name}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cfg))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(cfg))
     register_config_path(path)
     _registered.add(name)
 

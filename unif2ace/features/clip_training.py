@@ -41,6 +41,7 @@ from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
 from unif2ace.atomic import atomic_directory
+from unif2ace.schedule import warmup_cosine
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
@@ -254,11 +255,6 @@ def linear_probe(train_emb, train_recs, test_emb, test_recs, steps: int = 300) -
 
 def train_clip(cfg: TrainClipConfig) -> dict:
     """Train, evaluate and save (atomically into ``cfg.out``); returns the metrics dict."""
-    from safetensors.torch import save_file
-    from transformers import get_cosine_schedule_with_warmup
-
-    from unif2ace.tokenizers.text import TextTokenizer
-
     if not cfg.data or not Path(cfg.data).is_dir():
         raise ClipTrainingError(f"--data {cfg.data!r} is not a directory")
     if not cfg.out:
@@ -271,7 +267,6 @@ def train_clip(cfg: TrainClipConfig) -> dict:
 
 def _train(cfg: TrainClipConfig) -> dict:
     from safetensors.torch import save_file
-    from transformers import get_cosine_schedule_with_warmup
 
     from unif2ace.tokenizers.text import TextTokenizer
 
@@ -290,7 +285,7 @@ def _train(cfg: TrainClipConfig) -> dict:
         rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-        sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+        sched = warmup_cosine(opt, cfg.warmup_steps, cfg.steps)
         loss_fn = ClipLoss()
         g = torch.Generator().manual_seed(cfg.seed)
         n, bs = len(x), min(cfg.batch_size, len(x))

@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unif2ace.schedule import warmup_cosine, warmup_steps_for
+
 REC_SIZE = 112
 """Side of the exported model's input: insightface routes square inputs ≥ 112 to ArcFace."""
 ONNX_NAME = "rec.onnx"
@@ -383,9 +385,7 @@ def _train(cfg: FaceTrainConfig) -> dict:
     n = len(x_tr)
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)  # drop the ragged last batch: BatchNorm needs a real batch
-    warm = max(1, int(0.05 * cfg.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    sched = warmup_cosine(opt, warmup_steps_for(cfg.steps), cfg.steps)
     bar = tqdm(total=cfg.steps, desc="face recogniser", unit="step", disable=not cfg.progress, mininterval=1.0)
     t1 = time.time()
     loss_ema = first_loss = None

@@ -3,7 +3,7 @@
     from unif2ace.config import load_config
     from unif2ace.model.unif2ace import UniF2ace
     model = UniF2ace(load_config("tiny").model)
-    out = model(batch["input_ids"], batch["task"])      # out.logits (B, L, V)
+    out = model(batch.input_ids, batch.task)      # out.logits (B, L, V)
 
 Knows nothing of parallelism; ``unif2ace.train.engine`` applies DeepSpeed.
 """

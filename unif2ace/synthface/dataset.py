@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from unif2ace.atomic import atomic_open, atomic_write_bytes
+
 from .render import render_face
 from .taxonomy import sample_face, split_of, taxonomy_json
 from .text import make_caption, make_qa
@@ -67,12 +69,6 @@ def make_record(cfg: SynthFaceConfig, index: int) -> tuple[dict[str, Any], bytes
     return rec, buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 _WORKER: dict[str, Any] = {}
 
 
@@ -82,7 +78,7 @@ def _init_worker(cfg: SynthFaceConfig, out: str) -> None:
 
 def _work(index: int) -> dict[str, Any]:
     rec, png = make_record(_WORKER["cfg"], index)
-    _atomic_write(_WORKER["out"] / rec["file"], png)  # image lands before metadata lists it
+    atomic_write_bytes(_WORKER["out"] / rec["file"], png)  # image lands before metadata lists it
     return rec
 
 
@@ -104,7 +100,7 @@ def write_dataset(out: str | os.PathLike, num: int = 1000, size: int = 64, seed:
     root = Path(out)
     for split in ("train", "val", "test"):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    _atomic_write(root / "attributes.json", json.dumps(taxonomy_json(), indent=1).encode())
+    atomic_write_bytes(root / "attributes.json", json.dumps(taxonomy_json(), indent=1).encode())
     bar = tqdm(total=num, desc="synthface", unit="img", disable=not progress)
     counts = {"train": 0, "val": 0, "test": 0}
     if workers <= 1:
@@ -117,20 +113,17 @@ def write_dataset(out: str | os.PathLike, num: int = 1000, size: int = 64, seed:
         pool = mp.Pool(workers, initializer=_init_worker, initargs=(cfg, str(root)))
         recs = pool.imap(_work, range(num), chunksize=max(1, min(256, num // (workers * 8))))
     meta = root / "metadata.jsonl"
-    tmp = meta.with_name(f".{meta.name}.tmp{os.getpid()}")
-    try:  # streamed to a temp file (no records held in memory), renamed when complete
-        with open(tmp, "w", encoding="utf-8") as f:
+    try:  # streamed to a temp file (no records held in memory), renamed when complete (or removed)
+        with atomic_open(meta, "w") as f:
             for rec in recs:
                 counts[rec["split"]] += 1
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 bar.update(1)
-        os.replace(tmp, meta)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
         bar.close()
-        tmp.unlink(missing_ok=True)
     return counts
 
 

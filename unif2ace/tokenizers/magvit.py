@@ -17,7 +17,6 @@ Loading is strict: missing, unexpected or mis-shaped keys are reported by name.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unif2ace.atomic import atomic_path, atomic_write_text
 from unif2ace.checkpoint.hf_io import CheckpointError, check_state_dict
+from unif2ace.checkpoint.safetensors_dir import CONFIG_NAME, WEIGHTS_NAME, save_safetensors_dir
 from unif2ace.config import ConfigError, build
 from unif2ace.jsonfile import read_json
 from unif2ace.tokenizers import lfq
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 # Weight file names looked for in a directory, in order (ours, then Show-o / diffusers style).
 WEIGHT_FILES = (WEIGHTS_NAME, "pytorch_model.safetensors", "diffusion_pytorch_model.safetensors",
                 "pytorch_model.bin", "diffusion_pytorch_model.bin")
@@ -395,14 +392,9 @@ class MagvitV2(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
-        from safetensors.torch import save_file
-        d = Path(directory)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(d / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        text = json.dumps({"_class_name": "MagvitV2", **self.config.to_dict()}, indent=2)
-        atomic_write_text(d / CONFIG_NAME, text + "\n")
-        return d
+        # not whole: the directory may also hold tools/train_image_tokenizer.py's resume state
+        return save_safetensors_dir(directory, {"_class_name": "MagvitV2", **self.config.to_dict()},
+                                    self.state_dict(), whole=False)
 
     def load_checked(self, state: dict[str, Tensor], source: str = "state dict") -> None:
         """Strict load (``check_state_dict``): any missing / unexpected / mis-shaped key is

@@ -33,9 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +44,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from unif2ace.atomic import atomic_open, atomic_path, atomic_write_text
 from unif2ace.config import ConfigError, parse_overrides
+from unif2ace.schedule import warmup_cosine
 from unif2ace.tokenizers import lfq
 from unif2ace.tokenizers.magvit import MagvitConfig, MagvitV2
 
@@ -290,25 +290,6 @@ def evaluate(model: MagvitV2, images: torch.Tensor, batch: int = 64) -> dict[str
 # --------------------------------------------------------------------------- checkpoints
 
 
-def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if isinstance(obj, str):
-            Path(tmp).write_text(obj)
-        elif isinstance(obj, Image.Image):
-            obj.save(tmp, format="PNG")
-        else:
-            torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_grid(model: MagvitV2, images: torch.Tensor, path: Path, n: int = 8) -> None:
     """Originals (top row) above their reconstructions (bottom row)."""
     x = images[:n]
@@ -318,15 +299,13 @@ def save_grid(model: MagvitV2, images: torch.Tensor, path: Path, n: int = 8) -> 
         rec = to_uint8(model(to_model_range(x))["recon"])
         model.train(was)
     grid = torch.cat([torch.cat(list(x), 2), torch.cat(list(rec), 2)], 1)  # (3, 2H, nW)
-    atomic_save(Image.fromarray(grid.permute(1, 2, 0).numpy()), path)
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format="PNG")
 
 
 def lr_schedule(opt: torch.optim.Optimizer, cfg: TokenizerTrainConfig):
     """Linear warm-up to cfg.lr, then cosine decay to cfg.lr·cfg.min_lr_ratio at cfg.steps."""
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-    return get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps,
-                                                       min_lr_rate=cfg.min_lr_ratio)
+    return warmup_cosine(opt, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def model_config(cfg: TokenizerTrainConfig) -> MagvitConfig:
@@ -384,10 +363,11 @@ def train(cfg: TokenizerTrainConfig) -> dict:
         print(f"resumed from {state_path} at step {start}", file=sys.stderr)
 
     def checkpoint(step: int) -> None:
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "step": step,
-                     "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(cfg),
-                     "history": json.dumps(history)}, state_path)
+        with atomic_path(state_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "step": step,
+                        "model_config": mcfg.to_dict(), "train_config": dataclasses.asdict(cfg),
+                        "history": json.dumps(history)}, tmp)
         model.save_pretrained(out)
 
     def run_eval(step: int) -> dict:
@@ -444,5 +424,5 @@ def train(cfg: TokenizerTrainConfig) -> dict:
         save_grid(model, val_imgs, out / "recon.png")
     metrics["history"] = history
     checkpoint(cfg.steps)
-    atomic_save(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

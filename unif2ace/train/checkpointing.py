@@ -14,8 +14,8 @@ Layout under ``checkpoints/``::
     zero_to_fp32.py             DeepSpeed's consolidation script (copied by DeepSpeed)
 
 Atomicity: all ranks write into ``.tmp-stepN/``, meet at a barrier, then rank 0 renames the
-directory (``os.replace``, atomic on POSIX) and only then flips ``latest`` (temp file +
-``os.replace``). A crash anywhere before the flip leaves ``latest`` on the previous complete
+directory (``unif2ace.atomic.publish_directory``: fsync, then one rename) and only then flips
+``latest`` (``atomic_write_text``). A crash anywhere before the flip leaves ``latest`` on the previous complete
 checkpoint; stale ``.tmp-*`` directories are removed at the next save.
 
 Exact resume: DeepSpeed restores weights, optimizer state and the LR schedule; we add the data
@@ -39,6 +39,7 @@ import torch
 
 # Layout names and the run.json reader are shared with checkpoint loading (which must not import
 # training), so they live in unif2ace.checkpoint.run_config.
+from unif2ace.atomic import atomic_path, atomic_write_text, publish_directory
 from unif2ace.checkpoint.run_config import LATEST, RUN_META, CheckpointMismatch, read_run_config  # noqa: F401
 from unif2ace.checkpoint.run_config import config_diff
 from unif2ace.config import Config
@@ -110,15 +111,6 @@ def _tag(step: int) -> str:
     return f"step{step:08d}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def run_meta(cfg: Config, world_size: int, expert_parallel_size: int = 1) -> dict[str, Any]:
     """What must match for a checkpoint to be resumable by this run."""
     meta = {"world_size": world_size, "model": asdict(cfg.model), "loss": asdict(cfg.loss),
@@ -173,19 +165,17 @@ class CheckpointManager:
         # ZeRO-3 EP: the ZeRO files hold them, rank 0 records which EP rank each rank was
         expert_parallel.save_expert_shards(engine.module, tmp)
         state.rng = rng_state()
-        torch.save(asdict(state), tmp / f"rank{self.rank:05d}.pt.tmp")
-        os.replace(tmp / f"rank{self.rank:05d}.pt.tmp", tmp / f"rank{self.rank:05d}.pt")
+        with atomic_path(tmp / f"rank{self.rank:05d}.pt") as part:
+            torch.save(asdict(state), part)
         if self.rank == 0:
             meta = {**run_meta(self.cfg, self.world_size, expert_parallel.ep_size_of(engine.module)),
                     "config": self.cfg.to_dict()}
-            _atomic_write_text(tmp / RUN_META, json.dumps(meta, indent=1))
+            atomic_write_text(tmp / RUN_META, json.dumps(meta, indent=1))
         faults.maybe_fail("crash_in_save", state.step, self.rank)
         dist.barrier()  # every rank's files are on disk
         if self.rank == 0:
-            if final.exists():  # same step saved twice (e.g. SIGTERM right after a periodic save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _atomic_write_text(self.root / LATEST, tag)
+            publish_directory(tmp, final)  # replaces a same-step one (SIGTERM right after a periodic save)
+            atomic_write_text(self.root / LATEST, tag)
             self._prune(keep=tag)
         dist.barrier()
         return final

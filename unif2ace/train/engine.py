@@ -25,7 +25,6 @@ Decisions, and why:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import socket
@@ -284,20 +283,15 @@ def _same_model(ckpt_model, run_model, source: str) -> None:
 
 
 def load_init(cfg: Config) -> nn.Module:
-    """``train.init_from``: our HF-style directory, or a Phi / Show-o directory (imported with MoE
-    upcycling as configured). The model config it implies must equal this run's."""
-    from unif2ace.checkpoint.hf_io import CONFIG_NAME, FORMAT, CheckpointError, load_pretrained
+    """``train.init_from``: any checkpoint ``unif2ace.checkpoint.load.load_model`` reads (ours,
+    a DeepSpeed checkpoint, or a Phi / Show-o directory imported with MoE upcycling as
+    configured). The model config it implies must equal this run's."""
+    from unif2ace.checkpoint.hf_io import CheckpointError
+    from unif2ace.checkpoint.load import load_model
 
     src = Path(cfg.train.init_from)
-    if not src.is_dir():
-        raise EngineError(f"train.init_from={src}: not a directory")
     try:
-        meta = json.loads((src / CONFIG_NAME).read_text()) if (src / CONFIG_NAME).exists() else {}
-        if meta.get("format") == FORMAT:
-            model, ckpt_cfg = load_pretrained(src)
-        else:
-            from unif2ace.checkpoint.adapters import import_checkpoint
-            model, ckpt_cfg = import_checkpoint(src, cfg, seed=cfg.train.seed)
+        model, ckpt_cfg = load_model(src, base=cfg, seed=cfg.train.seed)
     except CheckpointError as e:
         raise EngineError(f"train.init_from: {e}") from None
     _same_model(ckpt_cfg.model, cfg.model, str(src))
@@ -371,13 +365,11 @@ def build_optimizer(model: nn.Module, train: TrainConfig, ds_config: dict) -> to
 
 def lr_schedule(train: TrainConfig):
     """Linear warm-up to ``train.lr``, cosine decay to ``min_lr_ratio·lr`` at ``train.steps``
-    (transformers' implementation; DeepSpeed calls it with the optimiser it wraps)."""
-    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+    (unif2ace.schedule; DeepSpeed calls it with the optimiser it wraps)."""
+    from unif2ace.schedule import warmup_cosine
 
     def make(optimizer):
-        return get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=max(train.steps, 1),
-            min_lr_rate=train.min_lr_ratio)
+        return warmup_cosine(optimizer, train.warmup_steps, train.steps, train.min_lr_ratio)
 
     return make
 

@@ -59,6 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unif2ace.atomic import atomic_path, atomic_write_text
 # The file name and the merge are read by checkpoint loading too, so they live below training.
 from unif2ace.checkpoint.expert_shards import LAYOUT_FILE, SHARD_FILE, merge_expert_shards  # noqa: F401
 from unif2ace.checkpoint import expert_shards
@@ -369,10 +370,9 @@ def save_expert_shards(model: nn.Module, directory: str | os.PathLike) -> Path |
         return None
     ep_rank = groups._get_expert_parallel_rank(name)
     path = Path(directory) / SHARD_FILE.format(rank=ep_rank)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(local_state_dict(model), str(tmp), metadata={"ep_size": str(mods[0][1].ep_size),
-                                                          "ep_rank": str(ep_rank)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(local_state_dict(model), str(tmp), metadata={"ep_size": str(mods[0][1].ep_size),
+                                                              "ep_rank": str(ep_rank)})
     return path
 
 
@@ -454,10 +454,8 @@ def _save_layout(first: ShardedExperts, directory: str | os.PathLike) -> Path | 
     if dist.get_rank() != 0:
         return None
     path = Path(directory) / LAYOUT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({EP_KEY: first.ep_size, "zero_stage": 3, "world_size": len(ranks),
-                               "ep_rank_of_rank": ranks}, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({EP_KEY: first.ep_size, "zero_stage": 3, "world_size": len(ranks),
+                                        "ep_rank_of_rank": ranks}, indent=1))
     return path
 
 

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from unif2ace.config import Config, LossConfig, ModelConfig
-from unif2ace.tokens import TASK_T2I
+from unif2ace.losses import combine
+from unif2ace.tokens import TASK_T2I, Batch
 from unif2ace.train import flops
 
 PEAK_TFLOPS = {  # dense bf16 (no sparsity), by substring of torch.cuda.get_device_name()
@@ -121,7 +122,7 @@ class StepMeter:
             self.weights[key] = self.weights.get(key, 0.0) + weight
 
     def add_micro(self, metrics: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
-                  batch: dict[str, torch.Tensor], wait_s: float, counts: torch.Tensor, finite: bool) -> None:
+                  batch: Batch, wait_s: float, counts: torch.Tensor, finite: bool) -> None:
         """``counts``: rows of (T2I, MMU) in this micro batch; ``finite``: the loss was finite."""
         n_t2i, n_mmu = float(counts[0]), float(counts[1])
         for k, v in metrics.items():
@@ -131,16 +132,16 @@ class StepMeter:
                 self._add(k, float(v), n_mmu)
             elif k.startswith("loss_"):
                 self._add(k, float(v), 1.0)
-        t2i = batch["task"] == TASK_T2I
-        if "mask_ratio" in batch and n_t2i:
-            self._add("mask_ratio", float(batch["mask_ratio"][t2i].float().mean()), n_t2i)
+        t2i = batch.task == TASK_T2I
+        if batch.mask_ratio is not None and n_t2i:
+            self._add("mask_ratio", float(batch.mask_ratio[t2i].float().mean()), n_t2i)
         for k, v in stats.items():
             v = v.detach().float().reshape(-1).cpu()
             self.stats[k] = self.stats[k] + v if k in self.stats else v
         self.stats_n += 1
         self.nonfinite += int(not finite)
-        self.samples += int(batch["input_ids"].shape[0])
-        self.tokens += int(batch["input_ids"].numel())
+        self.samples += int(batch.input_ids.shape[0])
+        self.tokens += int(batch.input_ids.numel())
         self.wait += wait_s
 
     def reduce(self, extra_flags: dict[str, float]) -> dict[str, Any]:
@@ -171,9 +172,7 @@ class StepMeter:
         off = 2 * len(keys)
         summed = {k: float(packed[off + i]) for i, k in enumerate(flags)}
         off += len(flags)
-        c = self.loss_cfg
-        row["loss"] = (c.t2i_coef * row.get("l_d3diff", 0.0) + c.mmu_coef * row.get("l_mmu", 0.0)
-                       + sum(row.get(k, 0.0) for k in self._aux_keys))
+        row["loss"] = combine(row, self.loss_cfg)  # of the global per-task means: scale (1, 1)
         if summed.pop("_nonfinite"):
             row["loss"] = math.nan
         for k, v in zip(self._stat_keys, stat_vecs):

@@ -24,7 +24,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from unif2ace.config import Config
@@ -45,12 +44,10 @@ class PeriodicSampler:
         ids = view.ids()
         self.ids = [ids[i] for i in rows]
         self.prompts = [view.caption_ids[i].tolist() for i in rows]
-        self.codes = torch.from_numpy(view.codes[rows].astype(np.int64))
+        self.codes, self.features = S.codes_and_features([(view, i) for i in rows])
         qa = [(view.questions[i], view.answers[i]) for i in rows]
         self.questions = [q[0].tolist() if len(q) else [] for q, _ in qa]
         self.references = [a[0].tolist() if len(a) else [] for _, a in qa]
-        self.features = {k: torch.from_numpy(np.asarray(v[rows], dtype=np.float32)) for k, v in view.features.items()}
-        self.features["face_found"] = torch.from_numpy(np.asarray(view.face_found[rows], dtype=bool))
         self.out = Path(cfg.train.out_dir) / "samples"
         self.text = self.image_tokenizer = None
         if rank == 0:

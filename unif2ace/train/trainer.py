@@ -26,7 +26,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -35,7 +34,7 @@ import torch
 from unif2ace.config import Config, ConfigError, describe, load_config
 from unif2ace.data.shards import ShardError
 from unif2ace.losses import total_loss
-from unif2ace.tokens import TASK_MMU, TASK_T2I, TokenLayout
+from unif2ace.tokens import TASK_MMU, TASK_T2I, Batch, TokenLayout
 from unif2ace.train import engine as E
 from unif2ace.train import faults
 from unif2ace.train.checkpointing import CheckpointManager, CheckpointMismatch, RankState, seed_all
@@ -80,7 +79,7 @@ def _setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def make_loader(cfg: Config, rank: int, world_size: int) -> Iterator[dict]:
+def make_loader(cfg: Config, rank: int, world_size: int) -> Iterator[Batch]:
     """The precomputed-shard loader (unif2ace/data/loader.py); it checks the shards against the
     model config and raises ShardError naming the directory and every mismatch."""
     from unif2ace.data.loader import ShardLoader
@@ -108,14 +107,6 @@ def task_weights(task: torch.Tensor, world: int, device: torch.device) -> tuple[
     return local, w
 
 
-def _to_device(x, device: torch.device):
-    if torch.is_tensor(x):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    return x
-
-
 def _grad_norm(engine) -> float:
     gn = engine.get_global_grad_norm()
     if gn is None:
@@ -124,7 +115,7 @@ def _grad_norm(engine) -> float:
 
 
 def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
-        loader_factory: Callable[[Config, int, int], Iterator[dict]] | None = None) -> int:
+        loader_factory: Callable[[Config, int, int], Iterator[Batch]] | None = None) -> int:
     """Train ``cfg`` to ``train.steps``; returns the exit status (see module docstring)."""
     dist = E.init_distributed(cfg.train.dist_timeout_s)
     _setup_logging(dist.rank)
@@ -178,12 +169,10 @@ def run(cfg: Config, ds_config: str | os.PathLike | dict = DEFAULT_DS_CONFIG,
                 t0 = time.perf_counter()
                 batch = next(loader)
                 wait = time.perf_counter() - t0
-                batch = _to_device(batch, dist.device)
-                out = engine(batch["input_ids"], batch["task"], features=batch.get("features"))
-                counts, w = task_weights(batch["task"], world, dist.device)
-                loss_cfg = replace(cfg.loss, t2i_coef=cfg.loss.t2i_coef * float(w[0]),
-                                   mmu_coef=cfg.loss.mmu_coef * float(w[1]))
-                loss, metrics = total_loss(out, batch, layout, loss_cfg)
+                batch = batch.to(dist.device)
+                out = engine(batch.input_ids, batch.task, features=batch.features)
+                counts, w = task_weights(batch.task, world, dist.device)
+                loss, metrics = total_loss(out, batch, layout, cfg.loss, scale=(float(w[0]), float(w[1])))
                 if faults.active("nan", step + 1, rank):
                     loss = loss * float("nan")
                 finite = bool(torch.isfinite(loss.detach()))
