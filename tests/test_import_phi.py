@@ -14,16 +14,22 @@ from unif2ace.tokens import TASK_MMU
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def _tiny_phi(tmp_path, qk_layernorm=False, seed=0):
+def random_phi(vocab_size: int, qk_layernorm: bool = False, seed: int = 0) -> PhiForCausalLM:
+    """A 2-layer transformers Phi with non-trivial norms and biases, so a mapping mistake shows."""
     torch.manual_seed(seed)
-    cfg = PhiConfig(vocab_size=600, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+    cfg = PhiConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                     num_attention_heads=4, partial_rotary_factor=0.5, qk_layernorm=qk_layernorm,
                     bos_token_id=1, eos_token_id=2)
     phi = PhiForCausalLM(cfg).eval()
-    with torch.no_grad():  # non-trivial norms and biases so a mapping mistake shows
+    with torch.no_grad():
         for n, p in phi.named_parameters():
             if "layernorm" in n or n.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
+    return phi
+
+
+def _tiny_phi(tmp_path, qk_layernorm=False, seed=0):
+    phi = random_phi(600, qk_layernorm, seed)
     d = tmp_path / "phi"
     phi.save_pretrained(d)
     return phi, d

@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import PhiConfig, PhiForCausalLM
+from test_import_phi import random_phi
 
 from unif2ace.checkpoint.adapters import import_checkpoint
 from unif2ace.config import load_config
@@ -72,15 +72,7 @@ def _fake_showo_checkpoint(tmp_path, layout):
 
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
-    cfg = PhiConfig(vocab_size=layout.vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                    num_attention_heads=4, partial_rotary_factor=0.5, qk_layernorm=True, bos_token_id=1,
-                    eos_token_id=2)
-    phi = PhiForCausalLM(cfg).eval()
-    with torch.no_grad():  # non-trivial norms and biases so a mapping mistake shows
-        for n, p in phi.named_parameters():
-            if "layernorm" in n or n.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
+    phi = random_phi(layout.vocab_size, qk_layernorm=True, seed=0)  # qk_layernorm as Show-o
     d = tmp_path / "showo"
     d.mkdir()
     save_file({"showo." + k: v.clone().contiguous() for k, v in phi.state_dict().items()},

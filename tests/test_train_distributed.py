@@ -281,9 +281,6 @@ def test_expert_parallel_two_ranks_matches_ep1_resumes_and_keeps_every_ranks_exp
     then 3 + 3 steps with a resume against 6 straight; then conversion gathers both ranks' experts."""
     from safetensors.torch import load_file
 
-    from unif2ace.checkpoint.hf_io import load_pretrained
-    from unif2ace.checkpoint.load import load_model
-
     def train(ds, out, steps=6, **env):
         rc, log = _run(_torchrun("--deepspeed", f"ds_configs/{ds}", *_overrides(shards, out, *EP_MOE),
                                  f"train.steps={steps}"), **env)
@@ -310,14 +307,7 @@ def test_expert_parallel_two_ranks_matches_ep1_resumes_and_keeps_every_ranks_exp
     assert all(not torch.equal(s0[k], s1[k]) for k in s0)
     # the ZeRO checkpoint loads with all experts (shared + rank 0's + rank 1's), equal to the model
     # gathered from the live engine, and to the EP=1 run's within the loss tolerance
-    conv, _ = load_model(ep / "checkpoints")
-    live, _ = load_pretrained(ep / "final")
-    ref, _ = load_model(dp / "checkpoints")
-    sd_conv, sd_live, sd_ref = conv.state_dict(), live.state_dict(), ref.state_dict()
-    assert sd_conv.keys() == sd_live.keys() == sd_ref.keys()
-    for k in sd_ref:
-        assert torch.equal(sd_conv[k], sd_live[k]), k
-        torch.testing.assert_close(sd_conv[k], sd_ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    sd_conv = _export_matches(ep, dp)
     w1 = sd_conv["layers.1.ffn.experts.w1"]
     assert torch.equal(w1[:, 1:3], s0["layers.1.ffn.experts.local_w1"])
     assert torch.equal(w1[:, 3:5], s1["layers.1.ffn.experts.local_w1"])
@@ -335,3 +325,20 @@ def test_expert_parallel_two_ranks_matches_ep1_resumes_and_keeps_every_ranks_exp
     rc, log = _run(_torchrun("--deepspeed", "ds_configs/zero2.json", *_overrides(shards, ep, *EP_MOE),
                              "train.steps=8"))
     assert rc != 0 and "expert_parallel_size: checkpoint 2 vs run None" in log, log[-3000:]
+
+
+def _export_matches(run: Path, ref_run: Path) -> dict:
+    """The ZeRO checkpoint of ``run`` loads equal to the model gathered from its live engine
+    (``final``), and within the loss tolerance of ``ref_run``'s; returns its state dict."""
+    from unif2ace.checkpoint.hf_io import load_pretrained
+    from unif2ace.checkpoint.load import load_model
+
+    conv, _ = load_model(run / "checkpoints")
+    live, _ = load_pretrained(run / "final")
+    ref, _ = load_model(ref_run / "checkpoints")
+    sd_conv, sd_live, sd_ref = conv.state_dict(), live.state_dict(), ref.state_dict()
+    assert sd_conv.keys() == sd_live.keys() == sd_ref.keys()
+    for k in sd_ref:
+        assert torch.equal(sd_conv[k], sd_live[k]), k
+        torch.testing.assert_close(sd_conv[k], sd_ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    return sd_conv

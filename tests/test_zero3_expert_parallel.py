@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_distributed import _children, _env, _free_port, _losses, _rows, _run, _wait_gone
+from test_train_distributed import _children, _env, _export_matches, _free_port, _losses, _rows, _run, _wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, SAVE_EVERY = 8, 2
@@ -234,9 +234,6 @@ def test_slurm_launch_line_two_nodes_zero3_ep_kill9_resume_bitwise(tiny_shards, 
 
 
 def test_zero3_ep2_times_edp2_on_four_processes(tiny_shards, tmp_path):
-    from unif2ace.checkpoint.hf_io import load_pretrained
-    from unif2ace.checkpoint.load import load_model
-
     ep1, ep2 = tmp_path / "ep1", tmp_path / "ep2"
     _train(_torchrun(4, *_args(tiny_shards, ep1, "zero3.json", "train.micro_batch=1", "train.export_final=false")),
            timeout=600)
@@ -254,12 +251,5 @@ def test_zero3_ep2_times_edp2_on_four_processes(tiny_shards, tmp_path):
         assert [parts[r][i][1] for r in range(4)] == [[0, 2], [1, 3], [0, 2], [1, 3]]
         flats = [parts[r][i][0] for r in range(4)]
         assert all(not torch.equal(flats[a], flats[b]) for a in range(4) for b in range(a + 1, 4))
-    conv, _ = load_model(ep2 / "checkpoints")
-    live, _ = load_pretrained(ep2 / "final")
-    ref, _ = load_model(ep1 / "checkpoints")
-    sd_conv, sd_live, sd_ref = conv.state_dict(), live.state_dict(), ref.state_dict()
-    assert sd_conv.keys() == sd_live.keys() == sd_ref.keys()
-    for k in sd_ref:
-        assert torch.equal(sd_conv[k], sd_live[k]), k
-        torch.testing.assert_close(sd_conv[k], sd_ref[k], rtol=1e-4, atol=1e-5, msg=k)
+    _export_matches(ep2, ep1)
 
