@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip-steps", type=int, default=1500, help="CLIP steps (--retrain-encoders)")
     ap.add_argument("--face-steps", type=int, default=600, help="face recogniser steps (--retrain-encoders)")
     ap.add_argument("--classifier-steps", type=int, default=600, help="attribute classifier steps")
-    ap.add_argument("--train-steps", type=int, default=500,
+    ap.add_argument("--train-steps", type=int, default=400,
                     help="UniF²ace training steps (× 2 ranks × 8 rows): what fits the 20-minute budget on 2 cores")
     ap.add_argument("--procs", type=int, default=2, help="training processes (DeepSpeed on CPU)")
     ap.add_argument("--num-eval", type=int, default=64, help="faces / prompts per evaluation")
