@@ -209,3 +209,30 @@ def test_clip_tokens_patches_reads_the_patch_tokens_entry():
     torch.testing.assert_close(out_none, h, rtol=1e-12, atol=1e-12)  # routed to Copy
     assert SeqMoEConfig(clip_tokens="patches").feature_key("clip") == "clip_patches"
     assert SeqMoEConfig().feature_key("clip") == "clip"
+
+
+def _grads(smoe, task):
+    smoe.zero_grad(set_to_none=True)
+    h = torch.randn(len(task), 4, D, dtype=torch.float64, requires_grad=True)
+    out, aux = smoe(h, _ctx(task, torch.ones(len(task), 4, dtype=torch.bool), _feats(len(task))))
+    (out.sum() + aux["loss_balance_seq"]).backward()
+    return {n: p.grad for n, p in smoe.named_parameters()}, aux
+
+
+@pytest.mark.parametrize("task", [[TASK_MMU, TASK_MMU], [TASK_T2I, TASK_T2I]])
+def test_every_parameter_gets_a_gradient_when_a_group_or_expert_is_unused(task):
+    """A batch of one task leaves the other group (and unpicked experts) idle; their gradients
+    must be zeros, not None, so that which parameters have gradients never depends on the batch:
+    ZeRO-1/2 reduce gradients in buckets filled as they arrive, and a rank whose batch routes
+    differently would otherwise send a differently sized bucket."""
+    smoe = _smoe()
+    both, _ = _grads(smoe, [TASK_MMU, TASK_T2I])
+    one, aux = _grads(smoe, task)
+    assert [n for n, g in one.items() if g is None] == [n for n, g in both.items() if g is None]
+    # only the query projections of pooled-feature experts (face, noise) never run: one vector, no attention
+    assert all(n.endswith("resampler.q.weight") for n, g in both.items() if g is None)
+    idle = "gen" if task[0] == TASK_MMU else "und"
+    assert all(g.abs().sum() == 0 for n, g in one.items() if n.startswith(idle) and g is not None)
+    assert any(g.abs().sum() > 0 for n, g in one.items() if not n.startswith(idle) and g is not None)
+    assert math.isfinite(float(aux["loss_balance_seq"]))
+    assert float(aux[f"seq_route_{idle}"].sum()) == 0.0

@@ -40,7 +40,7 @@ class Resampler(nn.Module):
         k = k.view(b, n, self.heads, dh).transpose(1, 2)
         v = v.view(b, n, self.heads, dh).transpose(1, 2)
         a = F.scaled_dot_product_attention(q, k, v)
-        return self.out(a.transpose(1, 2).reshape(b, l, -1))
+        return self.out(a.transpose(1, 2).reshape(b, l, self.heads * dh))  # explicit: b may be 0
 
 
 class FeatureExpert(nn.Module):

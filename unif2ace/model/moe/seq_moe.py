@@ -98,18 +98,18 @@ class GroupedSequenceMoE(nn.Module):
         for gi, grp in enumerate(self.groups()):
             n, k = len(grp.names), self.cfg.top_k
             rows = (group == gi).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                decisions.append((rows, h.new_zeros(0, n, dtype=rdt)))
-                aux[f"seq_route_{GROUPS[gi]}"] = h.new_zeros(n, dtype=rdt)
-                continue
+            # A group without sequences in this batch still runs (on zero rows): its router and
+            # experts then get zero gradients, not none, so every rank reduces the same set of
+            # gradients (ZeRO-1/2 bucket them by arrival and fail on a mismatch).
             logits = F.linear(pooled.index_select(0, rows).to(rdt), grp.router.weight.to(rdt))
             logits = logits.masked_fill(~self.available(grp.names, rows, ctx.features), float("-inf"))
             probs = torch.nan_to_num(logits.softmax(-1), nan=0.0)  # a row with nothing available → 0
             top_p, top_i = probs.topk(k, dim=-1)
             top_p = top_p / top_p.sum(-1, keepdim=True).clamp(min=1e-12)
             gates = torch.zeros_like(probs).scatter(1, top_i, top_p)
-            frac = (gates > 0).to(rdt).sum(0) / (rows.numel() * k)
-            balance = balance + n * (frac * probs.mean(0)).sum()
+            frac = (gates > 0).to(rdt).sum(0) / max(rows.numel() * k, 1)
+            if rows.numel():
+                balance = balance + n * (frac * probs.mean(0)).sum()
             decisions.append((rows, gates))
             aux[f"seq_route_{GROUPS[gi]}"] = frac.detach()
         aux["loss_balance_seq"] = self.cfg.balance_weight * balance
@@ -128,8 +128,6 @@ class GroupedSequenceMoE(nn.Module):
                 state[_STATE_KEY] = [(r, g.detach()) for r, g in decisions]
         out = torch.zeros_like(h)
         for grp, (rows, gates) in zip(self.groups(), decisions):
-            if rows.numel() == 0:
-                continue
             out = out.index_copy(0, rows, self._group_out(grp, h.index_select(0, rows), rows, gates, ctx.features))
         return out * ctx.token_mask.to(h.dtype).unsqueeze(-1), aux
 
@@ -144,9 +142,11 @@ class GroupedSequenceMoE(nn.Module):
             if name == "copy":
                 out = out + w.view(-1, 1, 1) * hg
                 continue
-            sel = (w > 0).nonzero().squeeze(1)  # only the sequences routed here run the expert
-            if sel.numel() == 0:
+            if self.cfg.feature_key(name) not in features:  # masked out of the router: never picked
                 continue
+            # Only the sequences routed here run the expert; with none it runs on zero rows (zero
+            # gradients rather than none: see ``decide``).
+            sel = (w > 0).nonzero().squeeze(1)
             expert = grp.experts[str(j)]
             hs = hg.index_select(0, sel)
             y = expert(hs, _feature(features, self.cfg.feature_key(name), rows.index_select(0, sel), expert.feat_dim))
