@@ -8,6 +8,7 @@ floats round-trip exactly.
 """
 import dataclasses
 import json
+import math
 import os
 import random
 import signal
@@ -270,6 +271,22 @@ def test_missing_and_mismatched_shards_are_clear_errors(shards, tmp_path, capsys
     assert f"{tmp_path / 'nowhere'}: no manifest.json" in capsys.readouterr().err
     assert main(base + [f"data.shards={shards}", "model.codebook_size=128"]) == EXIT_CONFIG
     assert "codebook_size: shards 64 vs model.codebook_size 128" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_zero2_trains_the_sequence_moe_when_ranks_route_differently(shards, tmp_path):
+    """One row per rank: rank 0 holds a T2I row, rank 1 an understanding row, so each rank leaves
+    the other's sequence-MoE group idle. ZeRO-2 buckets gradients as they arrive; an idle group
+    without gradients made the ranks' buckets differ and the first step fail."""
+    rc, log = _run(_torchrun("--deepspeed", "ds_configs/zero2.json",
+                             *_overrides(shards, tmp_path, "train.micro_batch=1", "data.t2i_fraction=0.5",
+                                         "model.seq_moe.enabled=true", "model.seq_moe.noise_dim=64"),
+                             "train.steps=3"))
+    assert rc == 0, log[-4000:]
+    losses = _losses(tmp_path)
+    assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
+    start = next(r for r in _rows(tmp_path) if r.get("event") == "start")
+    assert start["zero_stage"] == 2
 
 
 EP_MOE = ("model.moe.enabled=true", "model.moe.num_routed=4", "model.moe.top_k=2", "model.moe.expert_ffn=64",
