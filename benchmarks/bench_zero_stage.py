@@ -15,7 +15,6 @@ nothing for a model that fits on every rank; this says how much a CPU step pays 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,11 +25,7 @@ from pathlib import Path
 from _report import report
 
 from unif2ace.commands.demo import ROOT, cpu_env, deepspeed_launch
-
-
-def step_times(metrics: Path, skip: int) -> list[float]:
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return [r["step_time_s"] for r in rows if "step_time_s" in r and r["step"] > skip]
+from unif2ace.jsonfile import read_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps <= args.skip:
         ap.error(f"--steps {args.steps} leaves nothing after --skip {args.skip}")
-    py = sys.executable
+    py, names = sys.executable, args.configs.split(",")
     res: dict = {"recipe": args.recipe, "procs": args.procs, "timed steps": args.steps - args.skip}
     with tempfile.TemporaryDirectory(prefix="bench_zero_") as tmp:
-        for name in args.configs.split(","):
+        for name in names:
             out = Path(tmp) / name
             cmd = [*deepspeed_launch(py, args.procs), "launchers/train.py", "--deepspeed", f"ds_configs/{name}.json",
                    "--config", args.recipe, f"data.shards={Path(args.shards).resolve()}", f"train.out_dir={out}",
@@ -58,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **cpu_env(py)}, capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"{name}: training failed (rc {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
-            res[f"{name}: s/step"] = statistics.median(step_times(out / "metrics.jsonl", args.skip))
-    names = args.configs.split(",")
+            rows = read_jsonl(out / "metrics.jsonl")
+            res[f"{name}: s/step"] = statistics.median(r["step_time_s"] for r in rows
+                                                       if "step_time_s" in r and r["step"] > args.skip)
     for name in names[1:]:
         res[f"{names[0]} / {name}"] = res[f"{names[0]}: s/step"] / res[f"{name}: s/step"]
     report(res, args.json, digits=3)

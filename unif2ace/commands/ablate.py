@@ -28,6 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (scripts and assets are run from it)
 from unif2ace.commands.demo import cpu_env, deepspeed_launch, run_step  # one step runner for both
+from unif2ace.jsonfile import read_jsonl
 
 DEFAULT_VARIANTS = ROOT / "unif2ace" / "recipes" / "ablations" / "tables4_5.yaml"
 REFERENCE = "unif2ace"
@@ -95,7 +96,7 @@ def collect(out: Path, names: list[str], seeds: list[int]) -> dict[str, dict[str
                 v = _get(m, path)
                 if v is not None:
                     res[name][key].append(float(v))
-            rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+            rows = read_jsonl(run / "train" / "metrics.jsonl")
             losses = [r["loss"] for r in rows if "loss" in r and "event" not in r]
             tail = losses[-20:]
             if tail:

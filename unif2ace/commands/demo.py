@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                          "budget on 2 cores")
     ap.add_argument("--ds-config", default="ds_configs/zero2.json",
                     help="DeepSpeed JSON of the training step. ZeRO-2: the 13M-parameter model needs no "
-                         "partitioned weights, and ZeRO-3's per-layer gathers cost ~18%% of a CPU step")
+                         "partitioned weights, and ZeRO-3's per-layer gathers make a CPU step ~1.2x slower "
+                         "(benchmarks/bench_zero_stage.py)")
     ap.add_argument("--procs", type=int, default=2, help="training processes (DeepSpeed on CPU)")
     ap.add_argument("--num-eval", type=int, default=64, help="faces / prompts per evaluation")
     ap.add_argument("--fresh", action="store_true", help="delete OUT first")

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from unif2ace.atomic import atomic_open
+from unif2ace.jsonfile import read_jsonl
 from unif2ace.model.moe.stats import ROUTING_KEYS, RoutingStats
 
 PANELS = {
@@ -44,7 +45,7 @@ def routing_from_log(run_dir: str | os.PathLike, last: int = 50) -> tuple[dict[s
     log = Path(run_dir) / "metrics.jsonl"
     if not log.exists():
         return {}, {}
-    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(log)
     acc = RoutingStats()
     for row in [r for r in rows if "event" not in r][-last:]:
         acc.add(row)
