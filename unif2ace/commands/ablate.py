@@ -7,7 +7,7 @@
 Every variant of ``unif2ace/recipes/ablations/tables4_5.yaml`` (the reference UniF²ace recipe;
 mask-only and D3Diff α = 0.1 / 0.001; without the token MoE, without the sequence MoE, dense)
 trains the synthface recipe on the demo's shards with the same data order and number of steps
-(``deepspeed``, ZeRO-3, 2 CPU processes) for each of ``--seeds`` seeds (default 3), is evaluated by
+(``deepspeed``, ZeRO-2 as in the demo, 2 CPU processes) for each of ``--seeds`` seeds (default 3), is evaluated by
 ``launchers/evaluate.py`` against the demo's attribute classifier on the same test faces, and
 lands in one table: generation (attribute accuracy, SynthFace-FID) and understanding (VQA
 accuracy, caption attribute recall) as mean ± standard deviation over seeds, each variant's
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="train each variant with this many seeds (0, 1, ...)")
     ap.add_argument("--procs", type=int, default=2, help="training processes")
     ap.add_argument("--num-eval", type=int, default=48, help="test faces / prompts per evaluation")
-    ap.add_argument("--ds-config", default="ds_configs/zero3.json")
+    ap.add_argument("--ds-config", default="ds_configs/zero2.json",
+                    help="DeepSpeed config of every training run (the demo's: ZeRO-2 is faster for this small model)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides applied to every variant")
     args = ap.parse_args(argv)
     src = Path(args.src) if Path(args.src).is_absolute() else ROOT / args.src
