@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -159,7 +158,8 @@ def report(res: dict, variants: dict, base: str, steps: int, procs: int, seeds: 
     head = ["variant", "table", "change"] + cols + ["paper's direction holds"]
     lines = ["# Ablations (paper Tables 4-5) at SynthFace scale", "",
              f"Each variant: {base} recipe, {steps} steps × {procs} rank(s), same data order; seeds {seeds}; "
-             f"{minutes:.1f} min in this invocation. Reference: `{reference}` (UniF²ace: grouped token MoE, "
+             f"{minutes:.1f} min of training and evaluation (summed over invocations). "
+             f"Reference: `{reference}` (UniF²ace: grouped token MoE, "
              f"grouped sequence MoE, D3Diff α = 0.01). Cells are mean ± standard deviation over seeds; metrics "
              f"from `launchers/evaluate.py` on the same test faces; Δ is against the reference; FID lower is "
              f"better. `final_loss` is the mean total training loss over the last 20 steps (not comparable "
@@ -226,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     env = cpu_env(py)
     seeds = list(range(args.seeds))
-    t0 = time.time()
     for seed in seeds:
         for name in names:
             run = out / _run_name(name, seed)
@@ -244,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
                                               "--num-generation", str(args.num_eval)], out, timings)
     res = collect(out, names, seeds)
     (out / "results.json").write_text(json.dumps(res, indent=1))
-    text = report(res, {n: variants[n] for n in names}, base, args.steps, args.procs, seeds,
-                  (time.time() - t0) / 60, reference)
+    # a resumed run skips finished steps, so the time is the recorded steps' sum, not this call's
+    done = [f"{_run_name(n, s)}-{step}" for n in names for s in seeds for step in ("train", "evaluate")]
+    minutes = sum(timings["steps"].get(k, 0.0) for k in done) / 60
+    text = report(res, {n: variants[n] for n in names}, base, args.steps, args.procs, seeds, minutes, reference)
     (out / "report.md").write_text(text)
     print(text)
     print(f"[ablate] report: {out / 'report.md'}")
