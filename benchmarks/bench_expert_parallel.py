@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 from _report import report
 
+from unif2ace.jsonfile import read_jsonl
+
 MOE = ["model.moe.enabled=true", "model.moe.num_shared=1", "model.moe.num_routed=8", "model.moe.top_k=3",
        "model.moe.expert_ffn=256"]
 
@@ -42,7 +44,7 @@ def _train(ds_config: Path, out: Path, args) -> list[dict]:
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"training with {ds_config.name} failed:\n{(r.stdout + r.stderr)[-3000:]}")
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(out / "metrics.jsonl")
 
 
 def main(argv: list[str] | None = None) -> int:

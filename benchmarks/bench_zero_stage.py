@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _report import report
 
-from unif2ace.commands.demo import ROOT, cpu_env, deepspeed_launch
+from unif2ace.commands.demo import ROOT, cpu_env, train_command
 from unif2ace.jsonfile import read_jsonl
 
 
@@ -46,10 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_zero_") as tmp:
         for name in names:
             out = Path(tmp) / name
-            cmd = [*deepspeed_launch(py, args.procs), "launchers/train.py", "--deepspeed", f"ds_configs/{name}.json",
-                   "--config", args.recipe, f"data.shards={Path(args.shards).resolve()}", f"train.out_dir={out}",
-                   f"train.steps={args.steps}", f"train.save_every={args.steps}", "train.wandb=disabled",
-                   "train.progress_bar=false", *args.overrides]
+            cmd = train_command(py, args.procs, f"ds_configs/{name}.json", args.recipe, Path(args.shards).resolve(),
+                                out, args.steps, "train.wandb=disabled", *args.overrides)
             r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **cpu_env(py)}, capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"{name}: training failed (rc {r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")

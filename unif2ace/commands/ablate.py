@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (scripts and assets are run from it)
-from unif2ace.commands.demo import cpu_env, deepspeed_launch, run_step  # one step runner for both
+from unif2ace.commands.demo import cpu_env, run_step, train_command  # one step runner for both
 from unif2ace.jsonfile import read_jsonl
 
 DEFAULT_VARIANTS = ROOT / "unif2ace" / "recipes" / "ablations" / "tables4_5.yaml"
@@ -230,12 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             run = out / _run_name(name, seed)
             train_dir = run / "train"
-            # save only at the end: a mid-run checkpoint costs time and changes nothing here
-            cmd = [*deepspeed_launch(py, args.procs), "launchers/train.py", "--deepspeed", args.ds_config,
-                   "--config", base, f"data.shards={shards}", f"train.out_dir={train_dir}",
-                   f"train.steps={args.steps}", f"train.save_every={args.steps}",
-                   "train.progress_bar=false", f"train.seed={seed}", "train.wandb=disabled",
-                   *variants[name].get("overrides", []), *args.overrides]
+            # saves only at the end: a mid-run checkpoint costs time and changes nothing here
+            cmd = train_command(py, args.procs, args.ds_config, base, shards, train_dir, args.steps,
+                                f"train.seed={seed}", "train.wandb=disabled",
+                                *variants[name].get("overrides", []), *args.overrides)
             run_step(f"{run.name}-train", cmd, out, timings, env)
             run_step(f"{run.name}-evaluate", [py, "launchers/evaluate.py", "--checkpoint", str(train_dir / "final"),
                                               "--data", str(data), "--classifier", str(clf), "--out", str(run / "eval"),

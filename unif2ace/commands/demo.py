@@ -159,6 +159,16 @@ def deepspeed_launch(py: str, procs: int) -> list[str]:
     return [str(Path(py).parent / "deepspeed"), "--num_gpus", str(procs), "--master_port", str(port)]
 
 
+def train_command(py: str, procs: int, ds_config: str | Path, recipe: str, shards: str | Path, out_dir: str | Path,
+                  steps: int, *overrides: str, save_every: int | None = None) -> list[str]:
+    """``deepspeed launchers/train.py`` of ``recipe`` on ``shards`` for ``steps`` steps into ``out_dir``
+    (checkpoint at the end unless ``save_every``; no progress bar, the logs are files); ``overrides``
+    come last, so they win."""
+    return [*deepspeed_launch(py, procs), "launchers/train.py", "--deepspeed", str(ds_config), "--config", recipe,
+            f"data.shards={shards}", f"train.out_dir={out_dir}", f"train.steps={steps}",
+            f"train.save_every={save_every or steps}", "train.progress_bar=false", *overrides]
+
+
 def encoder_paths(enc: Path) -> dict[str, Path]:
     return {"spm": enc / "spm.model", "magvit": enc / "magvit", "clip": enc / "clip", "face": enc / "face"}
 
@@ -262,11 +272,9 @@ def train_and_evaluate(args, py: str, out: Path, timings: dict, judge: Backgroun
     shards, held_shards = out / "shards", out / "shards_unseen"
     train_dir, model, clf = out / "train", out / "model", out / "classifier"
 
-    common = [f"data.shards={shards}", f"train.out_dir={train_dir}", "train.wandb=offline",
-              "train.progress_bar=false", f"train.steps={args.train_steps}",
-              f"train.save_every={max(1, args.train_steps // 2)}"] + list(args.overrides)
-    run_stage("train", [("train", [*deepspeed_launch(py, args.procs), "launchers/train.py", "--deepspeed",
-                                   args.ds_config, "--config", "synthface", *common], env1)], out, timings)
+    train = train_command(py, args.procs, args.ds_config, "synthface", shards, train_dir, args.train_steps,
+                          "train.wandb=offline", *args.overrides, save_every=max(1, args.train_steps // 2))
+    run_stage("train", [("train", train, env1)], out, timings)
     run_stage("convert", [("convert", [py, "tools/convert_checkpoint.py", str(train_dir / "checkpoints"),
                                        "--out", str(model)], env1)], out, timings)
     judge.join("evaluate", timings)
