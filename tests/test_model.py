@@ -105,3 +105,34 @@ def test_trimmed_batch_gives_the_same_losses_and_real_token_logits():
         keep_f = b.input_ids[r] != L.pad_id
         keep_c = ids[r] != L.pad_id
         torch.testing.assert_close(cut.logits[r][keep_c], full.logits[r][keep_f], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("moe", ["false", "true"])
+def test_isolated_turns_train_the_single_turn_examples(moe):
+    # model.mmu_turns=isolated: a row packing k (question, answer) turns gives every answer token
+    # the logits it has in a row holding that turn alone — what evaluation and decoding see.
+    from unif2ace.tokens import TokenLayout
+
+    cfg = load_config("tiny", ["model.seq_moe.enabled=false", f"model.moe.enabled={moe}", "model.mmu_turns=isolated"])
+    torch.manual_seed(0)
+    model = UniF2ace(cfg.model).double().eval()
+    L = TokenLayout.from_model_config(cfg.model)
+    codes = torch.randint(0, cfg.model.codebook_size, (cfg.model.num_image_tokens,))
+    turns = [([9, 10], [11, 12]), ([14], [15, 16, 17]), ([18, 19, 20], [21])]
+    packed = collate([build_mmu(L, codes, turns, cfg.model.text_len)], [1])
+    singles = collate([build_mmu(L, codes, [t], cfg.model.text_len) for t in turns], [1, 1, 1])
+    with torch.no_grad():
+        lp = model(packed.input_ids, packed.task).logits[0]
+        ls = model(singles.input_ids, singles.task).logits
+    start = 4 + cfg.model.num_image_tokens  # <|mmu|> <|soi|> image <|eoi|> <sot>, then the first question
+    at = start
+    for i, (q, a) in enumerate(turns):
+        n = len(q) + len(a) + 1
+        torch.testing.assert_close(lp[at:at + n], ls[i, start:start + n], rtol=1e-9, atol=1e-9)
+        at += n
+    causal = UniF2ace(dataclasses.replace(cfg.model, mmu_turns="causal")).double().eval()
+    causal.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the default lets later turns read earlier ones: different logits
+        lc = causal(packed.input_ids, packed.task).logits[0]
+    n0 = len(turns[0][0]) + len(turns[0][1]) + 1
+    assert not torch.allclose(lc[start + n0:at], lp[start + n0:at], atol=1e-6)

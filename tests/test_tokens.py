@@ -2,7 +2,7 @@
 import torch
 
 from unif2ace.tokens import (IGNORE, SPECIAL_TOKENS, TokenLayout, build_mmu, build_mmu_prompt, build_t2i, collate,
-                             mask_image_codes, mask_ratio, omni_attention_mask)
+                             mask_image_codes, mask_ratio, mmu_turn_index, mmu_turn_positions, omni_attention_mask)
 
 PHI = TokenLayout(text_vocab_size=50295, codebook_size=8192, bos_id=50256, eos_id=50256)
 L = TokenLayout(text_vocab_size=100, codebook_size=16, bos_id=1, eos_id=2)
@@ -91,6 +91,31 @@ def test_omni_mask_mmu_right_pads():
     assert a[6, 3] and not a[6, 7]          # question sees the image, not the answer
     assert not a[8, 9] and not a[9, 10] and a[9, 9]
     assert not a[5, 6]
+
+
+def test_isolated_turns_see_the_image_and_themselves_only():
+    o, P = L.image_offset, L.pad_id
+    #      0      1      2  3      4      5  6   7   8  9   10  11  12 13
+    ids = [L.mmu, L.soi, o, o + 1, L.eoi, 1, 20, 30, 2, 21, 31, 32, 2, P]
+    t = torch.tensor([ids])
+    assert mmu_turn_index(t, L)[0].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 0]
+    # the second turn restarts right after <sot>, where a single-turn row puts its question
+    assert mmu_turn_positions(t, L)[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 6, 7, 8, 9, 13]
+    iso, causal = omni_attention_mask(t, L, turns="isolated")[0, 0], omni_attention_mask(t, L)[0, 0]
+    assert causal[10, 7] and not iso[10, 7]    # the second answer does not read the first one
+    assert iso[10, 3] and iso[10, 5] and iso[10, 9] and not iso[10, 11]
+    assert torch.equal(iso[:9], causal[:9])     # the first turn is unchanged
+    # a single-turn row (and a decoder prompt) is the same under both
+    one = torch.tensor([[P, L.mmu, L.soi, o, L.eoi, 1, 20, 21]])
+    assert torch.equal(omni_attention_mask(one, L, turns="isolated"), omni_attention_mask(one, L))
+    assert mmu_turn_positions(one, L)[0].tolist() == list(range(8))
+
+
+def test_isolated_turns_leave_t2i_rows_alone():
+    ids, _ = build_t2i(L, [10, 2, 11], torch.arange(3), torch.tensor([True, False, True]), text_len=7)
+    t = ids[None]
+    assert (mmu_turn_index(t, L) == 0).all()
+    assert torch.equal(omni_attention_mask(t, L, turns="isolated"), omni_attention_mask(t, L))
 
 
 def test_two_image_spans_do_not_see_each_other_forward():

@@ -178,9 +178,34 @@ def build_mmu_prompt(layout: TokenLayout, codes: torch.Tensor, question: Sequenc
 
 
 MMU_ATTENTION = ("omni", "showo")
+MMU_TURNS = ("causal", "isolated")
 
 
-def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout, mmu: str = "omni") -> torch.Tensor:
+def mmu_turn_index(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B, L) long: k ≥ 1 at the tokens of the k-th (question, answer, <eot>) turn of an MMU row
+    (``build_mmu``), 0 everywhere else — the image prefix, the <sot> after <|eoi|>, T2I rows."""
+    is_eoi = ids == layout.eoi
+    after_sot = (is_eoi.long().cumsum(-1) - is_eoi.long()).cumsum(-1) > 1  # past <|eoi|> and the <sot> after it
+    text = after_sot & (ids == layout.mmu).any(-1, keepdim=True) & (ids != layout.pad_id)
+    eot = (text & (ids == layout.eos_id)).long()
+    return torch.where(text, 1 + eot.cumsum(-1) - eot, torch.zeros_like(eot))
+
+
+def mmu_turn_positions(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B, L) position ids for ``mmu_turns="isolated"``: every turn of an MMU row restarts right
+    after its <sot>, so each (question, answer) sits where a single-turn row — and the decoder
+    at inference — puts it. Elsewhere positions are 0..L−1 (left pads counted, as Show-o)."""
+    b, l = ids.shape
+    pos = torch.arange(l, device=ids.device).expand(b, l)
+    turn = mmu_turn_index(ids, layout)
+    start = turn != torch.nn.functional.pad(turn, (1, 0))[:, :-1]  # first token of each turn
+    first = torch.where(start & (turn > 0), pos, torch.zeros_like(pos)).cummax(-1).values
+    sot = torch.where(turn == 1, pos, torch.full_like(pos, l)).min(-1, keepdim=True).values - 1
+    return torch.where(turn > 0, sot + 1 + pos - first, pos)
+
+
+def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout, mmu: str = "omni",
+                        turns: str = "causal") -> torch.Tensor:
     """Boolean (B, 1, L, L) mask, True = may attend.
 
     Causal over text; every position of an image span <|soi|> … <|eoi|> (inclusive) sees the
@@ -191,9 +216,15 @@ def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout, mmu: str = "omni
     and including the row's first <|eoi|>, as Show-o's ``create_attention_mask_for_mmu`` does.
     The only change from "omni" is that the <|mmu|> token itself sees the image; its state
     then reaches every later position, so Show-o's weights need it to reproduce their logits.
+
+    ``turns="isolated"``: each (question, answer) turn of an MMU row sees the image prefix, the
+    <sot> and its own earlier tokens, not the other turns — a row of k turns then trains k
+    single-turn examples that share one image prefix (use ``mmu_turn_positions`` with it).
     """
     if mmu not in MMU_ATTENTION:
         raise ValueError(f"unknown MMU attention {mmu!r} ({' | '.join(MMU_ATTENTION)})")
+    if turns not in MMU_TURNS:
+        raise ValueError(f"unknown MMU turns {turns!r} ({' | '.join(MMU_TURNS)})")
     b, l = ids.shape
     is_soi = ids == layout.soi
     is_eoi = ids == layout.eoi
@@ -208,6 +239,9 @@ def omni_attention_mask(ids: torch.Tensor, layout: TokenLayout, mmu: str = "omni
         first_eoi = (is_eoi.long().cumsum(-1) == 0).sum(-1)  # L when the row has none
         prefix = (pos[None, :] <= first_eoi[:, None]) & (ids == layout.mmu).any(-1, keepdim=True)
         allowed = allowed | prefix[:, None, :]
+    if turns == "isolated":
+        turn = mmu_turn_index(ids, layout)
+        allowed = allowed & ((turn[:, None, :] == 0) | (turn[:, None, :] == turn[:, :, None]))
     allowed = allowed & (ids != layout.pad_id)[:, None, :]
     allowed |= torch.eye(l, dtype=torch.bool, device=ids.device)[None]
     return allowed[:, None]

@@ -159,6 +159,14 @@ class ModelConfig:
     trained under one mask give different MMU logits under the other (an imported Show-o
     checkpoint: up to 1.8 at the first text position), so tools/import_showo.py sets showo
     for Show-o checkpoints; from scratch or from Phi the two train alike."""
+    mmu_turns: Literal["causal", "isolated"] = "causal"
+    """How the (question, answer) turns packed into one understanding row (``data.max_qa_turns``)
+    see each other. causal: a conversation — a later turn reads the earlier questions and gold
+    answers, which on SynthFace often state its answer ("Is the hair black?" after "What colour
+    is the hair? black"), a shortcut the single-question evaluation never offers. isolated: each
+    turn sees the image prefix and itself only, with its positions restarted after <sot>, so a
+    row of k turns trains exactly k single-turn examples sharing one image (docs/design.md §12).
+    A single-turn row (and decoding) is the same under both."""
     moe: TokenMoEConfig = field(default_factory=TokenMoEConfig)
     """Grouped token-level MoE."""
     seq_moe: SeqMoEConfig = field(default_factory=SeqMoEConfig)

@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from unif2ace.config import ModelConfig
 from unif2ace.model.block import Block
 from unif2ace.model.context import Context
-from unif2ace.tokens import TokenLayout, omni_attention_mask
+from unif2ace.tokens import TokenLayout, mmu_turn_positions, omni_attention_mask
 
 
 @dataclass
@@ -70,10 +70,12 @@ class UniF2ace(nn.Module):
         if attention_mask is None:
             if cache is not None:
                 raise ValueError("incremental decoding needs an explicit attention_mask")
-            attention_mask = omni_attention_mask(input_ids, self.layout, self.cfg.mmu_attention)
+            attention_mask = omni_attention_mask(input_ids, self.layout, self.cfg.mmu_attention, self.cfg.mmu_turns)
         if position_ids is None:
-            # Show-o: positions 0..L−1 counting left pads.
-            position_ids = torch.arange(l, device=input_ids.device).expand(b, l)
+            if self.cfg.mmu_turns == "isolated":
+                position_ids = mmu_turn_positions(input_ids, self.layout)
+            else:  # Show-o: positions 0..L−1 counting left pads.
+                position_ids = torch.arange(l, device=input_ids.device).expand(b, l)
         token_mask = input_ids != self.layout.pad_id
         features = features or {}
         x = self.embed_dropout(self.embed_tokens(input_ids))
