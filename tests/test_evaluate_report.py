@@ -111,3 +111,29 @@ def test_understanding_only_and_errors(setup, tmp_path):
         evaluate(cfg, answer_fn=lambda ids, qs: ["yes"])
     with pytest.raises(ValueError, match="give generate_fn, answer_fn or both"):
         evaluate(cfg)
+
+
+def test_vqa_references_answer_from_the_classifier_reading(setup, tmp_path):
+    # The references answer every question from the classifier's reading of each face: a model
+    # whose answers are exactly that reading of the real faces scores exactly the real reference.
+    data, clf_dir, test = setup
+    cfg = _cfg(setup, tmp_path / "ref", num_understanding=7)
+    clf = AttributeClassifier.load(clf_dir)
+    faces = test[:7]
+    read = clf.predict([Image.open(data / m["file"]).convert("RGB") for m in faces])
+    table = {(m["id"], qa["q"]): synthface.answer_from_attributes(qa["q"], r) for m, r in zip(faces, read)
+             for qa in m["qa"]}
+    grey = Image.new("RGB", (64, 64), (128, 128, 128))
+    by_id = {m["id"]: data / m["file"] for m in test}
+    m = evaluate(cfg, answer_fn=answers_from_table(table),
+                 decode_fn=lambda ids: [Image.open(by_id[i]).convert("RGB") for i in ids])
+    u = m["understanding"]
+    assert u["vqa"] == u["real_reference"] == u["decoded_reference"]  # decoded = real faces here
+    assert u["vqa"]["overall"]["n"] == sum(len(f["qa"]) for f in faces)
+    m2 = evaluate(cfg, answer_fn=answers_from_table(table), decode_fn=lambda ids: [grey] * len(ids))
+    d, r = m2["understanding"]["decoded_reference"], m2["understanding"]["real_reference"]
+    assert d["overall"]["n"] == r["overall"]["n"] and d["per_category"] != r["per_category"]
+    report = (tmp_path / "ref" / "report.md").read_text()
+    assert "answered from the attribute classifier's reading of the real faces" in report
+    assert "| category | questions (open / yes-no) | accuracy | chance | majority | classifier, real | " \
+           "classifier, decoded |" in report

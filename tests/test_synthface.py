@@ -192,6 +192,25 @@ def test_qa_pairs():
     assert 0.25 < yes / (yes + no) < 0.75  # not answerable by always saying one word
 
 
+def test_answer_from_attributes_reads_make_qa_backwards():
+    asked = set()
+    for i in range(300):
+        attrs = sf.sample_face(6, i).attributes
+        for q in sf.make_qa(attrs, np.random.default_rng(i)):
+            assert sf.answer_from_attributes(q["q"], attrs) == q["a"]
+            asked.add(q["q"])
+            # another value of the asked category changes an open answer
+            other = next(v for v in sf.TAXONOMY[q["category"]].values if v != attrs[q["category"]])
+            if q["kind"] == "open":
+                assert sf.answer_from_attributes(q["q"], {**attrs, q["category"]: other}) == other
+    assert len(asked) > 60  # most of the question bank was exercised
+    assert sf.answer_from_attributes("Is the person wearing a fedora?", dict(BASE, hat="fedora")) == "yes"
+    assert sf.answer_from_attributes("Is the person wearing a fedora?", dict(BASE, hat="cap")) == "no"
+    assert sf.answer_from_attributes("Is the person wearing a hat?", dict(BASE, hat="none")) == "no"
+    with pytest.raises(KeyError, match="not a SynthFace question"):
+        sf.answer_from_attributes("What is the meaning of life?", BASE)
+
+
 def _variant(cat: str, value: str) -> dict:
     a = dict(BASE, **{cat: value})
     if (cat == "bald" and value == "yes") or (cat in ("hair_length", "hair_type") and value == "none"):

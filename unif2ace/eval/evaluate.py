@@ -11,7 +11,9 @@ model is loaded or sampled (``launchers/evaluate.py`` builds them from a checkpo
 may be None to skip that half.
 
 * Understanding, on the first ``num_understanding`` faces of the split: every VQA pair of the
-  metadata (exact match per category with chance and majority baselines) and one caption per
+  metadata (exact match per category with chance and majority baselines; given the classifier,
+  the same questions answered from its reading of the real faces and, with ``decode_fn``, of
+  the faces decoded from their own codes: what a reader of those pixels gets) and one caption per
   face (prompt ``caption_prompt``), whose attributes are parsed with SynthFace's
   ``attributes_in_text`` and scored against the reference caption (recall) and the visible
   ground truth (precision).
@@ -107,7 +109,19 @@ def _visible(attrs: dict) -> dict:
     return {c: v for c, v in attrs.items() if c not in hidden}
 
 
-def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: dict, out: Path) -> dict:
+def _reader_vqa(clf, faces: list[Image.Image], recs, owner: list[int], qs: list[str], golds, cats, kinds,
+                num_values: dict) -> dict:
+    """VQA answered from ``clf``'s reading of ``faces`` (one per record) through SynthFace's
+    question bank: what a reader of those pixels gets, for comparison with the model's VQA."""
+    from unif2ace.synthface import answer_from_attributes
+
+    read = clf.predict(faces)
+    preds = [answer_from_attributes(q, {**recs[o].attributes, **read[o]}) for o, q in zip(owner, qs)]
+    return M.vqa_scores(preds, golds, cats, kinds, num_values)
+
+
+def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: dict, out: Path,
+                   notes: list[str], decode_fn: DecodeFn | None = None) -> dict:
     from unif2ace.synthface import attributes_in_text
     from unif2ace.eval.report import answer_grid
     from unif2ace.inference.t2i import save_png
@@ -121,6 +135,21 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
     kinds = [kind_of[(o, q)] for o, q in zip(owner, qs)]
     preds = _call_answers(answer_fn, ids, qs, cfg.batch_size)
     vqa = M.vqa_scores(preds, golds, cats, kinds, num_values)
+    refs = {}
+    if cfg.classifier:  # the same questions answered by the attribute classifier, from pixels
+        from unif2ace.eval.attribute_classifier import AttributeClassifier
+
+        clf = AttributeClassifier.load(cfg.classifier)
+        unread = sorted(set(cats) - set(clf.categories))
+        if unread:
+            notes.append(f"VQA references skipped: the classifier does not read {', '.join(unread)}.")
+        else:
+            refs["real_reference"] = _reader_vqa(clf, [_open(r.image) for r in recs], recs, owner, qs, golds,
+                                                 cats, kinds, num_values)
+            if decode_fn is not None:
+                decoded = [im.convert("RGB") for im in decode_fn([r.id for r in recs])]
+                refs["decoded_reference"] = _reader_vqa(clf, decoded, recs, owner, qs, golds, cats, kinds,
+                                                        num_values)
     captions = _call_answers(answer_fn, [r.id for r in recs], [cfg.caption_prompt] * len(recs), cfg.batch_size)
     cap = M.caption_attribute_scores([attributes_in_text(c) for c in captions],
                                      [attributes_in_text(r.caption) for r in recs],
@@ -135,7 +164,7 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
                  out / "answers.png")
     examples = [{"id": recs[o].id, "question": q, "prediction": p, "gold": g}
                 for o, q, p, g in list(zip(owner, qs, preds, golds))[:50]]
-    return {"vqa": vqa, "caption": cap, "examples": examples,
+    return {"vqa": vqa, **refs, "caption": cap, "examples": examples,
             "caption_examples": [{"id": r.id, "prediction": c, "reference": r.caption}
                                  for r, c in list(zip(recs, captions))[:10]]}
 
@@ -247,7 +276,7 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, answer_fn: 
                      "config": asdict(cfg)}
     images: dict[str, str] = {}
     if answer_fn is not None:
-        metrics["understanding"] = _understanding(cfg, records, answer_fn, num_values, out)
+        metrics["understanding"] = _understanding(cfg, records, answer_fn, num_values, out, notes, decode_fn)
         images["answers"] = "answers.png"
     if generate_fn is not None:
         metrics["generation"] = _generation(cfg, records, generate_fn, num_values, out, notes, decode_fn)

@@ -107,6 +107,12 @@ def _summary(m: dict) -> list[str]:
                     f"chance {_f(o['chance'])}, majority answer {_f(o['majority'])} |")
         rows.append(f"| VQA accuracy, mean over categories | {_f(u['vqa']['mean_over_categories']['accuracy'])} | "
                     f"chance {_f(u['vqa']['mean_over_categories']['chance'])} |")
+        for key, what, why in (("real_reference", "the real faces", "a reader trained on the labels, for scale"),
+                               ("decoded_reference", "the faces decoded from their own image codes",
+                                "what the image codes carry for that reader")):
+            if key in u:
+                rows.append(f"| the same questions answered from the attribute classifier's reading of {what} | "
+                            f"{_f(u[key]['overall']['accuracy'])} | {why} |")
     if "caption" in u:
         c = u["caption"]
         rows.append(f"| caption attribute recall / precision ({c['n_images']} faces) | "
@@ -131,11 +137,14 @@ def _summary(m: dict) -> list[str]:
     return rows
 
 
-def _vqa_table(v: dict) -> list[str]:
-    rows = ["| category | questions (open / yes-no) | accuracy | chance | majority |", "|---|---|---|---|---|"]
+def _vqa_table(u: dict) -> list[str]:
+    v, refs = u["vqa"], [u.get(k, {}).get("per_category") for k in ("real_reference", "decoded_reference")]
+    head = "| category | questions (open / yes-no) | accuracy | chance | majority |"
+    extra = [name for name, r in zip(("classifier, real", "classifier, decoded"), refs) if r is not None]
+    rows = [head + "".join(f" {e} |" for e in extra), "|---" * (5 + len(extra)) + "|"]
     for c, r in v["per_category"].items():
         rows.append(f"| {c} | {r['n']} ({r['n_open']} / {r['n_yesno']}) | {_f(r['accuracy'])} | {_f(r['chance'])} | "
-                    f"{_f(r['majority'])} |")
+                    f"{_f(r['majority'])} |" + "".join(f" {_f(ref[c]['accuracy'])} |" for ref in refs if ref is not None))
     return rows
 
 
@@ -172,7 +181,10 @@ def render_markdown(metrics: dict, images: dict[str, str] | None = None) -> str:
                     "Answers are compared after lower-casing and dropping punctuation and articles. "
                     "Chance: a uniform guess (1/|values| for open questions, 1/2 for yes/no); "
                     "majority: always giving the most frequent gold answer of the category's question kind.", ""]
-            out += _vqa_table(u["vqa"]) + [""]
+            if "real_reference" in u:
+                out += ["'classifier': the same questions answered from the attribute classifier's reading of "
+                        "the real faces and of the faces decoded from their own image codes.", ""]
+            out += _vqa_table(u) + [""]
         if "caption" in u:
             out += ["### Caption attributes", "",
                     "Recall: attribute values of the reference caption that the generated caption states; "

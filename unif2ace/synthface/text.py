@@ -5,10 +5,13 @@
     caption, mentioned = make_caption(attrs, np.random.default_rng(0))
     assert attributes_in_text(caption) == mentioned
     qa = make_qa(attrs, np.random.default_rng(1))  # [{"q", "a", "category", "kind"}]
+    assert all(answer_from_attributes(x["q"], attrs) == x["a"] for x in qa)
 
 One lexicon (``NOUN_GROUPS`` + ``PHRASES``) serves both generation and parsing, so
 ``attributes_in_text`` recovers every attribute a caption mentions; the evaluator uses it
-for caption attribute recall/precision on model outputs.
+for caption attribute recall/precision on model outputs. ``answer_from_attributes`` is
+``make_qa`` read backwards: any reader of attributes (an attribute classifier on real or
+decoded faces) answers the VQA questions, which puts a ceiling beside a model's VQA.
 """
 from __future__ import annotations
 
@@ -398,3 +401,31 @@ def make_qa(attrs: dict[str, str], rng: np.random.Generator, n_min: int = 8,
     pick_y = u[len(opens):len(opens) + len(yesno)].argsort()[: n - n_open]
     out = [opens[i] for i in pick_o] + [yesno[i] for i in pick_y]
     return [out[i] for i in u[-len(out):].argsort()]
+
+
+def _question_index() -> dict[str, tuple[str, str, str | None]]:
+    """Every question ``make_qa`` can ask → (category, kind, value asked about or None)."""
+    pairs = [(q, (cat, "open", None)) for cat, qs in _OPEN_Q.items() for q in qs]
+    pairs += [(q, (cat, "presence", None)) for cat, q in _PRESENCE_Q.items()]
+    pairs += [(q.format(_VALUE_WORD.get((cat, v), v)), (cat, "value", v)) for cat, q in _VALUE_Q.items()
+              for v in TAXONOMY[cat].values if v not in ("none", "no")]
+    out = dict(pairs)
+    if len(out) != len(pairs):  # one wording for two questions would make the answer ambiguous
+        raise AssertionError("SynthFace asks two different questions with the same words")
+    return out
+
+
+_QUESTIONS = _question_index()
+
+
+def answer_from_attributes(question: str, attrs: dict[str, str]) -> str:
+    """The answer ``make_qa`` gives to ``question`` about a face with attributes ``attrs``."""
+    try:
+        cat, kind, value = _QUESTIONS[question]
+    except KeyError:
+        raise KeyError(f"not a SynthFace question: {question!r}") from None
+    if kind == "open":
+        return attrs[cat]
+    if kind == "presence":
+        return "no" if attrs[cat] in ("none", "no") else "yes"
+    return "yes" if attrs[cat] == value else "no"
