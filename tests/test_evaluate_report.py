@@ -137,3 +137,21 @@ def test_vqa_references_answer_from_the_classifier_reading(setup, tmp_path):
     assert "answered from the attribute classifier's reading of the real faces" in report
     assert "| category | questions (open / yes-no) | accuracy | chance | majority | classifier, real | " \
            "classifier, decoded |" in report
+
+
+def test_image_control_asks_with_another_face(setup, tmp_path):
+    data, clf_dir, test = setup
+    table = {(m["id"], qa["q"]): qa["a"] for m in test for qa in m["qa"]}
+    cfg = _cfg(setup, tmp_path / "ctl", num_understanding=6, image_control=4)
+    c = evaluate(cfg, answer_fn=answers_from_table(table))["understanding"]["image_control"]
+    # an oracle that reads each face answers its own questions; shown another face it is wrong
+    # wherever the two faces differ
+    assert c["faces"] == 4 and c["questions"] == sum(len(m["qa"]) for m in test[:4])
+    assert c["own_image"] == 1.0 and c["other_image"] < 0.9
+    blind = evaluate(cfg, answer_fn=lambda ids, qs: ["yes"] * len(qs))["understanding"]["image_control"]
+    assert 0 < blind["own_image"] == blind["other_image"]  # answers that ignore the face do not move
+    report = (tmp_path / "ctl" / "report.md").read_text()
+    assert f"| VQA on 4 faces' {c['questions']} questions, asked with each face's own image" in report
+    off = evaluate(_cfg(setup, tmp_path / "off", num_understanding=3, image_control=0),
+                   answer_fn=answers_from_table(table))["understanding"]
+    assert "image_control" not in off

@@ -13,7 +13,8 @@ may be None to skip that half.
 * Understanding, on the first ``num_understanding`` faces of the split: every VQA pair of the
   metadata (exact match per category with chance and majority baselines; given the classifier,
   the same questions answered from its reading of the real faces and, with ``decode_fn``, of
-  the faces decoded from their own codes: what a reader of those pixels gets) and one caption per
+  the faces decoded from their own codes: what a reader of those pixels gets; and a control
+  that asks the first ``image_control`` faces' questions with another face's image) and one caption per
   face (prompt ``caption_prompt``), whose attributes are parsed with SynthFace's
   ``attributes_in_text`` and scored against the reference caption (recall) and the visible
   ground truth (precision).
@@ -56,6 +57,10 @@ class EvalConfig:
     """Faces for VQA and captioning (0 = every face of the split)."""
     num_generation: int = 64
     """Prompts (reference captions of the split's first faces) to generate from (0 = all)."""
+    image_control: int = 16
+    """Faces (the first of those evaluated) whose VQA questions are asked again with the next
+    face's image and features: the accuracy drop is what the answers take from the face itself
+    (0 = off)."""
     caption_prompt: str = "Describe this face in detail."
     """Question that asks for a caption (one of tokenizers.text.CAPTION_PROMPTS)."""
     batch_size: int = 16
@@ -136,6 +141,15 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
     preds = _call_answers(answer_fn, ids, qs, cfg.batch_size)
     vqa = M.vqa_scores(preds, golds, cats, kinds, num_values)
     refs = {}
+    n_ctl = min(cfg.image_control, len(recs))
+    if n_ctl >= 2:
+        sel = [i for i, o in enumerate(owner) if o < n_ctl]
+        other = _call_answers(answer_fn, [recs[(owner[i] + 1) % n_ctl].id for i in sel], [qs[i] for i in sel],
+                              cfg.batch_size)
+        score = [M.vqa_scores(p, [golds[i] for i in sel], [cats[i] for i in sel], [kinds[i] for i in sel],
+                              num_values)["overall"]["accuracy"] for p in ([preds[i] for i in sel], other)]
+        refs["image_control"] = {"faces": n_ctl, "questions": len(sel), "own_image": score[0],
+                                 "other_image": score[1]}
     if cfg.classifier:  # the same questions answered by the attribute classifier, from pixels
         from unif2ace.eval.attribute_classifier import AttributeClassifier
 

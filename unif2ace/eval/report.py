@@ -107,6 +107,11 @@ def _summary(m: dict) -> list[str]:
                     f"chance {_f(o['chance'])}, majority answer {_f(o['majority'])} |")
         rows.append(f"| VQA accuracy, mean over categories | {_f(u['vqa']['mean_over_categories']['accuracy'])} | "
                     f"chance {_f(u['vqa']['mean_over_categories']['chance'])} |")
+        if "image_control" in u:
+            c = u["image_control"]
+            rows.append(f"| VQA on {c['faces']} faces' {c['questions']} questions, asked with each face's own "
+                        f"image / with another face's | {_f(c['own_image'])} / {_f(c['other_image'])} | "
+                        f"the drop is what the answers take from the face |")
         for key, what, why in (("real_reference", "the real faces", "a reader trained on the labels, for scale"),
                                ("decoded_reference", "the faces decoded from their own image codes",
                                 "what the image codes carry for that reader")):
