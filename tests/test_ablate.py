@@ -1,4 +1,5 @@
 """launchers/ablate.py's verdicts: seed spread decides what is noise."""
+import pytest
 from unif2ace.commands import ablate
 
 
@@ -40,3 +41,15 @@ def test_report_shows_mean_and_spread():
                          "synthface", 10, 2, [0, 1], 1.0)
     row = [line for line in text.splitlines() if line.startswith("| `dense`")][0]
     assert "0.610 ± 0.014 (-0.100)" in row and row.rstrip(" |").endswith("yes")
+
+
+@pytest.mark.parametrize("name", ["tables4_5.yaml", "mmu_turns.yaml"])
+def test_committed_variants_build_valid_configs(name):
+    from unif2ace.commands.ablate import DEFAULT_VARIANTS, read_variants
+    from unif2ace.config import load_config
+
+    base, variants, reference = read_variants(DEFAULT_VARIANTS.parent / name)
+    cfgs = {n: load_config(base, v.get("overrides", [])) for n, v in variants.items()}
+    assert reference in cfgs and len(cfgs) >= 2
+    ref = cfgs[reference]
+    assert all(c != ref for n, c in cfgs.items() if n != reference)  # every variant changes something
