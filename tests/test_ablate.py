@@ -1,5 +1,6 @@
 """launchers/ablate.py's verdicts: seed spread decides what is noise."""
 import pytest
+
 from unif2ace.commands import ablate
 
 

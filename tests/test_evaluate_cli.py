@@ -55,7 +55,13 @@ def test_cli_writes_metrics_and_report(setup, tmp_path, capsys):
     assert gen["decoded_reference"]["n"] == gen["real_reference"]["n"] > 0  # faces decoded from their own codes
     assert len(list((out / "generated").glob("*.png"))) == 3
     assert (out / "report.md").read_text().startswith("# UniF²ace evaluation report")
-    assert json.loads(capsys.readouterr().out)["report"] == str(out / "report.md")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["report"] == str(out / "report.md")
+    u = m["understanding"]  # a real checkpoint through the CLI: the control and both VQA references
+    assert printed["vqa_own_vs_other_image"] == [u["image_control"]["own_image"], u["image_control"]["other_image"]]
+    assert u["image_control"]["faces"] == 2 and u["image_control"]["questions"] == vqa["n"]
+    assert printed["vqa_classifier_real"] == u["real_reference"]["overall"]["accuracy"]
+    assert u["decoded_reference"]["overall"]["n"] == vqa["n"]
 
 
 def test_unknown_face_id_is_named(setup):

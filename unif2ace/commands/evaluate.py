@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     generate_fn, answer_fn, decode_fn = model_callables(cfg.checkpoint, a.shards, a.device, a.seed)
     m = evaluate(cfg, None if a.skip_generation else generate_fn, None if a.skip_understanding else answer_fn,
                  decode_fn)
-    summary = {"vqa_accuracy": m.get("understanding", {}).get("vqa", {}).get("overall", {}).get("accuracy"),
+    u = m.get("understanding", {})
+    summary = {"vqa_accuracy": u.get("vqa", {}).get("overall", {}).get("accuracy"),
+               "vqa_own_vs_other_image": [u["image_control"][k] for k in ("own_image", "other_image")]
+               if "image_control" in u else None,
+               "vqa_classifier_real": u.get("real_reference", {}).get("overall", {}).get("accuracy"),
+               "vqa_classifier_decoded": u.get("decoded_reference", {}).get("overall", {}).get("accuracy"),
                "caption_recall": m.get("understanding", {}).get("caption", {}).get("recall"),
                "caption_precision": m.get("understanding", {}).get("caption", {}).get("precision"),
                "generation_attribute_accuracy": m.get("generation", {}).get("attributes", {}).get("overall"),
