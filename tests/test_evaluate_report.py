@@ -155,3 +155,19 @@ def test_image_control_asks_with_another_face(setup, tmp_path):
     off = evaluate(_cfg(setup, tmp_path / "off", num_understanding=3, image_control=0),
                    answer_fn=answers_from_table(table))["understanding"]
     assert "image_control" not in off
+
+
+def test_vqa_references_skip_questions_synthface_does_not_ask(setup, tmp_path):
+    import shutil
+
+    data, clf_dir, test = setup
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    meta = [json.loads(x) for x in (copy / "metadata.jsonl").read_text().splitlines()]
+    first = next(m for m in meta if m["split"] == "test")
+    first["qa"][0]["q"] = "Is this person a pilot?"
+    (copy / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    cfg = EvalConfig(data=str(copy), classifier=str(clf_dir), out=str(tmp_path / "o"), num_understanding=3)
+    m = evaluate(cfg, answer_fn=lambda ids, qs: ["yes"] * len(qs))
+    assert "real_reference" not in m["understanding"] and "vqa" in m["understanding"]
+    assert any("'Is this person a pilot?'" in n for n in m["notes"])

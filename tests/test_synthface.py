@@ -207,6 +207,8 @@ def test_answer_from_attributes_reads_make_qa_backwards():
     assert sf.answer_from_attributes("Is the person wearing a fedora?", dict(BASE, hat="fedora")) == "yes"
     assert sf.answer_from_attributes("Is the person wearing a fedora?", dict(BASE, hat="cap")) == "no"
     assert sf.answer_from_attributes("Is the person wearing a hat?", dict(BASE, hat="none")) == "no"
+    assert sf.is_synthface_question("Is the person wearing a hat?")
+    assert not sf.is_synthface_question("What is the meaning of life?")
     with pytest.raises(KeyError, match="not a SynthFace question"):
         sf.answer_from_attributes("What is the meaning of life?", BASE)
 

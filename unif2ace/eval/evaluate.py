@@ -121,7 +121,7 @@ def _reader_vqa(clf, faces: list[Image.Image], recs, owner: list[int], qs: list[
     from unif2ace.synthface import answer_from_attributes
 
     read = clf.predict(faces)
-    preds = [answer_from_attributes(q, {**recs[o].attributes, **read[o]}) for o, q in zip(owner, qs)]
+    preds = [answer_from_attributes(q, read[o]) for o, q in zip(owner, qs)]
     return M.vqa_scores(preds, golds, cats, kinds, num_values)
 
 
@@ -153,10 +153,14 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
     if cfg.classifier:  # the same questions answered by the attribute classifier, from pixels
         from unif2ace.eval.attribute_classifier import AttributeClassifier
 
+        from unif2ace.synthface import is_synthface_question
+
         clf = AttributeClassifier.load(cfg.classifier)
         unread = sorted(set(cats) - set(clf.categories))
-        if unread:
-            notes.append(f"VQA references skipped: the classifier does not read {', '.join(unread)}.")
+        foreign = [q for q in qs if not is_synthface_question(q)]
+        if unread or foreign:
+            notes.append("VQA references skipped: " + (f"the classifier does not read {', '.join(unread)}" if unread
+                         else f"{len(foreign)} questions are not SynthFace's, e.g. {foreign[0]!r}") + ".")
         else:
             refs["real_reference"] = _reader_vqa(clf, [_open(r.image) for r in recs], recs, owner, qs, golds,
                                                  cats, kinds, num_values)

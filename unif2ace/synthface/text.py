@@ -418,6 +418,11 @@ def _question_index() -> dict[str, tuple[str, str, str | None]]:
 _QUESTIONS = _question_index()
 
 
+def is_synthface_question(question: str) -> bool:
+    """Whether ``make_qa`` can ask ``question`` (so ``answer_from_attributes`` answers it)."""
+    return question in _QUESTIONS
+
+
 def answer_from_attributes(question: str, attrs: dict[str, str]) -> str:
     """The answer ``make_qa`` gives to ``question`` about a face with attributes ``attrs``."""
     try:
