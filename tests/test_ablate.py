@@ -41,7 +41,17 @@ def test_report_shows_mean_and_spread():
     text = ablate.report(res, {"unif2ace": {"table": "4, 5"}, "dense": {"table": "5", "overrides": ["x=1"]}},
                          "synthface", 10, 2, [0, 1], 1.0)
     row = [line for line in text.splitlines() if line.startswith("| `dense`")][0]
-    assert "0.610 ± 0.014 (-0.100)" in row and row.rstrip(" |").endswith("yes")
+    assert "0.610 ± 0.014 (**-0.100**)" in row and row.rstrip(" |").endswith("yes")  # bold: outside the noise
+    assert "Paper: D3Diff" in text
+    # variants the paper says nothing about: no direction column, Δ still judged against the noise
+    var2 = {"gen_attr_acc": [0.70, 0.74], "vqa_acc": [0.80, 0.82]}
+    res2 = {"isolated": {**{k: [] for k in ablate.METRICS}, "final_loss": [], **ref},
+            "causal": {**{k: [] for k in ablate.METRICS}, "final_loss": [], **var2}}
+    text2 = ablate.report(res2, {"isolated": {}, "causal": {"overrides": ["model.mmu_turns=causal"]}},
+                          "synthface", 10, 2, [0, 1], 1.0, reference="isolated")
+    row2 = [line for line in text2.splitlines() if line.startswith("| `causal`")][0]
+    assert "(+0.010)" in row2 and "(**-0.100**)" in row2
+    assert "paper's direction" not in text2 and "Paper: D3Diff" not in text2 and "Tables 4-5" not in text2
 
 
 @pytest.mark.parametrize("name", ["tables4_5.yaml", "mmu_turns.yaml"])

@@ -155,13 +155,16 @@ def direction_holds(name: str, res: dict, reference: str = REFERENCE) -> str:
 def report(res: dict, variants: dict, base: str, steps: int, procs: int, seeds: list[int], minutes: float,
            reference: str = REFERENCE) -> str:
     cols = list(METRICS) + ["final_loss"]
-    head = ["variant", "table", "change"] + cols + ["paper's direction holds"]
-    lines = ["# Ablations (paper Tables 4-5) at SynthFace scale", "",
+    paper = any(n in PAPER_DIRECTION for n in variants)
+    head = ["variant", "table", "change"] + cols + (["paper's direction holds"] if paper else [])
+    what = f"`{reference}` (UniF²ace: grouped token MoE, grouped sequence MoE, D3Diff α = 0.01)" \
+        if reference == REFERENCE else f"`{reference}` (the {base} recipe as given)"
+    lines = ["# Ablations (paper Tables 4-5) at SynthFace scale" if paper else "# Ablation at SynthFace scale", "",
              f"Each variant: {base} recipe, {steps} steps × {procs} rank(s), same data order; seeds {seeds}; "
              f"{minutes:.1f} min of training and evaluation (summed over invocations). "
-             f"Reference: `{reference}` (UniF²ace: grouped token MoE, "
-             f"grouped sequence MoE, D3Diff α = 0.01). Cells are mean ± standard deviation over seeds; metrics "
-             f"from `launchers/evaluate.py` on the same test faces; Δ is against the reference; FID lower is "
+             f"Reference: {what}. Cells are mean ± standard deviation over seeds; metrics "
+             f"from `launchers/evaluate.py` on the same test faces; (Δ) is against the reference, **bold** when "
+             f"outside the noise (≥ {NOISE_SIGMAS:g} pooled standard deviations); FID lower is "
              f"better. `final_loss` is the mean total training loss over the last 20 steps (not comparable "
              f"across α: the objective changes).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -179,14 +182,18 @@ def report(res: dict, variants: dict, base: str, steps: int, procs: int, seeds: 
             if len(xs) > 1:
                 cell += " ± " + fmt.format(statistics.stdev(xs))
             if name != reference and reference in res and res[reference][c] and c in METRICS:
-                cell += f" ({_mean(xs) - _mean(res[reference][c]):+.3f})"
+                delta = f"{_mean(xs) - _mean(res[reference][c]):+.3f}"
+                cell += f" (**{delta}**)" if within_noise(xs, res[reference][c]) is False else f" ({delta})"
             cells.append(cell)
-        cells.append(direction_holds(name, res, reference))
+        if paper:
+            cells.append(direction_holds(name, res, reference))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Paper: D3Diff with α = 0.01 beats mask-only (FID 77.46 → 66.01) and α = 0.1 / 0.001; each MoE "
-              "improves generation and understanding. \"yes\" = every listed metric outside the noise moved the "
-              f"paper's way, \"no\" = none did, k/n = k of n; a difference under {NOISE_SIGMAS:g} pooled standard "
-              "deviations of the seeds is \"within noise\" and casts no vote.", ""]
+    if paper:
+        lines += ["", "Paper: D3Diff with α = 0.01 beats mask-only (FID 77.46 → 66.01) and α = 0.1 / 0.001; each MoE "
+                  "improves generation and understanding. \"yes\" = every listed metric outside the noise moved the "
+                  f"paper's way, \"no\" = none did, k/n = k of n; a difference under {NOISE_SIGMAS:g} pooled standard "
+                  "deviations of the seeds is \"within noise\" and casts no vote."]
+    lines.append("")
     return "\n".join(lines)
 
 
