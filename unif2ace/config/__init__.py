@@ -166,7 +166,8 @@ class ModelConfig:
     is the hair? black"), a shortcut the single-question evaluation never offers. isolated: each
     turn sees the image prefix and itself only, with its positions restarted after <sot>, so a
     row of k turns trains exactly k single-turn examples sharing one image (docs/design.md §12).
-    A single-turn row (and decoding) is the same under both."""
+    A single-turn row is the same under both, and so is decoding up to the answer's <eot>, where
+    the decoder stops."""
     moe: TokenMoEConfig = field(default_factory=TokenMoEConfig)
     """Grouped token-level MoE."""
     seq_moe: SeqMoEConfig = field(default_factory=SeqMoEConfig)
