@@ -128,3 +128,15 @@ def test_kv_cache_equals_full_recompute_with_moe(variant):
     assert kv == alone
     if cfg.model.seq_moe.enabled:  # the CLIP / face experts are live: other features, other answers
         assert generate_answers(model, prompts, cfg.sample, features=f2, **kw) != kv
+
+
+def test_isolated_turns_decode_as_causal_up_to_the_answer_end():
+    # model.mmu_turns=isolated changes only rows that pack several turns; a decoder prompt is one
+    # turn, so until its <eot> (where decoding stops) the answers are those of the causal model.
+    cfg, model, prompts = make(["model.mmu_turns=isolated", "model.moe.enabled=true"])
+    causal = UniF2ace(dataclasses.replace(cfg.model, mmu_turns="causal")).eval()
+    causal.load_state_dict(model.state_dict())
+    kw = dict(max_new_tokens=12)
+    kv = generate_answers(model, prompts, cfg.sample, **kw)
+    assert kv == decode_full_recompute(model, prompts, cfg.sample, **kw)
+    assert kv == generate_answers(causal, prompts, cfg.sample, **kw)
