@@ -54,7 +54,7 @@ def test_report_shows_mean_and_spread():
     assert "paper's direction" not in text2 and "Paper: D3Diff" not in text2 and "Tables 4-5" not in text2
 
 
-@pytest.mark.parametrize("name", ["tables4_5.yaml", "mmu_turns.yaml"])
+@pytest.mark.parametrize("name", ["tables4_5.yaml", "mmu_turns.yaml", "seq_moe_balance.yaml"])
 def test_committed_variants_build_valid_configs(name):
     from unif2ace.commands.ablate import DEFAULT_VARIANTS, read_variants
     from unif2ace.config import load_config
