@@ -114,19 +114,27 @@ def _visible(attrs: dict) -> dict:
     return {c: v for c, v in attrs.items() if c not in hidden}
 
 
-def _reader_vqa(clf, faces: list[Image.Image], recs, owner: list[int], qs: list[str], golds, cats, kinds,
-                num_values: dict) -> dict:
-    """VQA answered from ``clf``'s reading of ``faces`` (one per record) through SynthFace's
-    question bank: what a reader of those pixels gets, for comparison with the model's VQA."""
-    from unif2ace.synthface import answer_from_attributes
+class _Reader:
+    """The attribute classifier's reading of the split's real faces and, with ``decode_fn``, of
+    the same faces decoded from their own codes; each face is read (and decoded) once for both
+    halves of the evaluation."""
 
-    read = clf.predict(faces)
-    preds = [answer_from_attributes(q, read[o]) for o, q in zip(owner, qs)]
-    return M.vqa_scores(preds, golds, cats, kinds, num_values)
+    def __init__(self, path: str, decode_fn: DecodeFn | None):
+        from unif2ace.eval.attribute_classifier import AttributeClassifier
+
+        self.clf, self.decode_fn, self._memo = AttributeClassifier.load(path), decode_fn, {}
+
+    def __call__(self, recs, decoded: bool = False) -> list[dict[str, str]]:
+        todo = [r for r in recs if (r.id, decoded) not in self._memo]
+        if todo:
+            faces = ([im.convert("RGB") for im in self.decode_fn([r.id for r in todo])] if decoded
+                     else [_open(r.image) for r in todo])
+            self._memo.update({(r.id, decoded): a for r, a in zip(todo, self.clf.predict(faces))})
+        return [self._memo[(r.id, decoded)] for r in recs]
 
 
 def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: dict, out: Path,
-                   notes: list[str], decode_fn: DecodeFn | None = None) -> dict:
+                   notes: list[str], reader: _Reader | None = None) -> dict:
     from unif2ace.synthface import attributes_in_text
     from unif2ace.eval.report import answer_grid
     from unif2ace.inference.t2i import save_png
@@ -150,24 +158,21 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
                               num_values)["overall"]["accuracy"] for p in ([preds[i] for i in sel], other)]
         refs["image_control"] = {"faces": n_ctl, "questions": len(sel), "own_image": score[0],
                                  "other_image": score[1]}
-    if cfg.classifier:  # the same questions answered by the attribute classifier, from pixels
-        from unif2ace.eval.attribute_classifier import AttributeClassifier
+    if reader is not None:  # the same questions answered from the attribute classifier's reading
+        from unif2ace.synthface import answer_from_attributes, is_synthface_question
 
-        from unif2ace.synthface import is_synthface_question
-
-        clf = AttributeClassifier.load(cfg.classifier)
-        unread = sorted(set(cats) - set(clf.categories))
+        unread = sorted(set(cats) - set(reader.clf.categories))
         foreign = [q for q in qs if not is_synthface_question(q)]
         if unread or foreign:
             notes.append("VQA references skipped: " + (f"the classifier does not read {', '.join(unread)}" if unread
                          else f"{len(foreign)} questions are not SynthFace's, e.g. {foreign[0]!r}") + ".")
         else:
-            refs["real_reference"] = _reader_vqa(clf, [_open(r.image) for r in recs], recs, owner, qs, golds,
-                                                 cats, kinds, num_values)
-            if decode_fn is not None:
-                decoded = [im.convert("RGB") for im in decode_fn([r.id for r in recs])]
-                refs["decoded_reference"] = _reader_vqa(clf, decoded, recs, owner, qs, golds, cats, kinds,
-                                                        num_values)
+            for key, decoded in (("real_reference", False), ("decoded_reference", True)):
+                if decoded and reader.decode_fn is None:
+                    continue
+                read = reader(recs, decoded)
+                refs[key] = M.vqa_scores([answer_from_attributes(q, read[o]) for o, q in zip(owner, qs)],
+                                         golds, cats, kinds, num_values)
     captions = _call_answers(answer_fn, [r.id for r in recs], [cfg.caption_prompt] * len(recs), cfg.batch_size)
     cap = M.caption_attribute_scores([attributes_in_text(c) for c in captions],
                                      [attributes_in_text(r.caption) for r in recs],
@@ -219,28 +224,25 @@ def _fid_entry(metric, real: list[Image.Image], fake: list[Image.Image]) -> dict
 
 
 def _generation(cfg: EvalConfig, records, generate_fn: GenerateFn, num_values: dict, out: Path,
-                notes: list[str], decode_fn: DecodeFn | None = None) -> dict:
+                notes: list[str], reader: _Reader | None) -> dict:
     from unif2ace.synthface import attributes_in_text
-    from unif2ace.eval.attribute_classifier import AttributeClassifier
     from unif2ace.eval.fid import inception_fid, synthface_fid
     from unif2ace.eval.report import prompt_grid
     from unif2ace.inference.t2i import save_png
 
-    if not cfg.classifier:
+    if reader is None:
         raise ValueError("EvalConfig.classifier is required to judge generated faces")
-    clf = AttributeClassifier.load(cfg.classifier)
+    clf = reader.clf
     recs = records[: cfg.num_generation] if cfg.num_generation else records
     prompts = [r.caption for r in recs]
     prompted = [attributes_in_text(p) for p in prompts]
     fake = _call_generate(generate_fn, prompts, cfg.batch_size)
     size = clf.cfg.image_size
     judged = clf.predict(fake)
-    real_faces = [_open(r.image) for r in recs]
     res = {"attributes": M.generation_attribute_scores(prompted, judged, num_values),
-           "real_reference": M.generation_attribute_scores(prompted, clf.predict(real_faces), num_values)}
-    if decode_fn is not None:  # what the codes can carry at all: no generator can beat its tokenizer
-        decoded = [im.convert("RGB") for im in decode_fn([r.id for r in recs])]
-        res["decoded_reference"] = M.generation_attribute_scores(prompted, clf.predict(decoded), num_values)
+           "real_reference": M.generation_attribute_scores(prompted, reader(recs), num_values)}
+    if reader.decode_fn is not None:  # what the codes can carry at all: no generator can beat its tokenizer
+        res["decoded_reference"] = M.generation_attribute_scores(prompted, reader(recs, decoded=True), num_values)
     # FID compares like with like: every face at the classifier's input size.
     real_all = records[: cfg.fid_real] if cfg.fid_real else records
     real = [_open(r.image).resize((size, size), Image.BICUBIC) for r in real_all]
@@ -293,11 +295,12 @@ def evaluate(cfg: EvalConfig, generate_fn: GenerateFn | None = None, answer_fn: 
                               "date": _dt.datetime.now().isoformat(timespec="seconds")},
                      "config": asdict(cfg)}
     images: dict[str, str] = {}
+    reader = _Reader(cfg.classifier, decode_fn) if cfg.classifier else None
     if answer_fn is not None:
-        metrics["understanding"] = _understanding(cfg, records, answer_fn, num_values, out, notes, decode_fn)
+        metrics["understanding"] = _understanding(cfg, records, answer_fn, num_values, out, notes, reader)
         images["answers"] = "answers.png"
     if generate_fn is not None:
-        metrics["generation"] = _generation(cfg, records, generate_fn, num_values, out, notes, decode_fn)
+        metrics["generation"] = _generation(cfg, records, generate_fn, num_values, out, notes, reader)
         images["generation"] = "generation.png"
     if cfg.classifier:
         tm = Path(cfg.classifier) / "test_metrics.json"
