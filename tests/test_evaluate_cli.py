@@ -59,6 +59,8 @@ def test_cli_writes_metrics_and_report(setup, tmp_path, capsys):
     assert printed["report"] == str(out / "report.md")
     u = m["understanding"]  # a real checkpoint through the CLI: the control and both VQA references
     assert printed["vqa_own_vs_other_image"] == [u["image_control"]["own_image"], u["image_control"]["other_image"]]
+    assert printed["caption_recall_own_vs_other_image"] == [u["image_control"]["caption_own_recall"],
+                                                            u["image_control"]["caption_other_recall"]]
     assert u["image_control"]["faces"] == 2 and u["image_control"]["questions"] == vqa["n"]
     assert printed["vqa_classifier_real"] == u["real_reference"]["overall"]["accuracy"]
     assert u["decoded_reference"]["overall"]["n"] == vqa["n"]

@@ -143,15 +143,21 @@ def test_image_control_asks_with_another_face(setup, tmp_path):
     data, clf_dir, test = setup
     table = {(m["id"], qa["q"]): qa["a"] for m in test for qa in m["qa"]}
     cfg = _cfg(setup, tmp_path / "ctl", num_understanding=6, image_control=4)
+    table.update({(m["id"], cfg.caption_prompt): m["caption"] for m in test})
     c = evaluate(cfg, answer_fn=answers_from_table(table))["understanding"]["image_control"]
     # an oracle that reads each face answers its own questions; shown another face it is wrong
-    # wherever the two faces differ
+    # wherever the two faces differ, and describes the other face
     assert c["faces"] == 4 and c["questions"] == sum(len(m["qa"]) for m in test[:4])
     assert c["own_image"] == 1.0 and c["other_image"] < 0.9
-    blind = evaluate(cfg, answer_fn=lambda ids, qs: ["yes"] * len(qs))["understanding"]["image_control"]
-    assert 0 < blind["own_image"] == blind["other_image"]  # answers that ignore the face do not move
+    assert c["caption_own_recall"] == 1.0 and c["caption_other_recall"] < 0.9
     report = (tmp_path / "ctl" / "report.md").read_text()
     assert f"| VQA on 4 faces' {c['questions']} questions, asked with each face's own image" in report
+    assert "| caption recall on 4 faces, described from each face's own image / from another face's | 1.000 / " in report
+    one_caption = test[0]["caption"]  # the same description whatever the face
+    blind = evaluate(cfg, answer_fn=lambda ids, qs: [one_caption if q == cfg.caption_prompt else "yes" for q in qs])
+    blind = blind["understanding"]["image_control"]
+    assert 0 < blind["own_image"] == blind["other_image"]  # answers that ignore the face do not move
+    assert 0 < blind["caption_own_recall"] == blind["caption_other_recall"]
     off = evaluate(_cfg(setup, tmp_path / "off", num_understanding=3, image_control=0),
                    answer_fn=answers_from_table(table))["understanding"]
     assert "image_control" not in off

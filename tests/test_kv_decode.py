@@ -140,3 +140,45 @@ def test_isolated_turns_decode_as_causal_up_to_the_answer_end():
     kv = generate_answers(model, prompts, cfg.sample, **kw)
     assert kv == decode_full_recompute(model, prompts, cfg.sample, **kw)
     assert kv == generate_answers(causal, prompts, cfg.sample, **kw)
+
+
+def _ngrams(row, n):
+    return [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+
+
+def test_no_repeat_ngram_bans_repeats_and_keeps_the_rest():
+    cfg, model, prompts = make()
+    kw = dict(max_new_tokens=40, stop_at_eos=False)
+    free = generate_answers(model, prompts, cfg.sample, **kw)
+    assert any(len(set(_ngrams(r, 2))) < len(_ngrams(r, 2)) for r in free), "greedy should loop here"
+    s = dataclasses.replace(cfg.sample, no_repeat_ngram=2)
+    banned = generate_answers(model, prompts, s, **kw)
+    assert banned == decode_full_recompute(model, prompts, s, **kw)
+    for f, b in zip(free, banned):
+        assert len(set(_ngrams(b, 2))) == len(_ngrams(b, 2))
+        # identical up to the token that would have closed the first repeated bigram
+        first = next((i for i in range(1, len(f)) if tuple(f[i - 1:i + 1]) in _ngrams(f[:i], 2)), len(f))
+        assert b[:first] == f[:first]
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        generate_answers(model, prompts, dataclasses.replace(cfg.sample, no_repeat_ngram=-1), **kw)
+
+
+def test_repetition_penalty_fewer_repeats_same_on_both_paths_and_with_early_stops():
+    cfg, model, prompts = make()
+    kw = dict(max_new_tokens=40, stop_at_eos=False)
+    free = generate_answers(model, prompts, cfg.sample, **kw)
+    s = dataclasses.replace(cfg.sample, repetition_penalty=2.0)
+    pen = generate_answers(model, prompts, s, **kw)
+    assert pen == decode_full_recompute(model, prompts, s, **kw)
+    repeats = lambda rows: sum(len(r) - len(set(r)) for r in rows)  # noqa: E731
+    assert repeats(pen) < repeats(free)
+    # Rows that stop early hold [PAD] (outside the text scores) while the others go on.
+    eos = next(t for t in pen[0][3:] if t not in pen[0][:3] and any(t not in r for r in pen[1:]))
+    cfg2, model2, _ = make([f"model.eos_id={eos}"])
+    model2.load_state_dict(model.state_dict())
+    want = [r[: r.index(eos)] if eos in r else r for r in pen]
+    assert 3 <= len(want[0]) < 40 and max(len(r) for r in want) == 40
+    s2 = dataclasses.replace(cfg2.sample, repetition_penalty=2.0)
+    assert generate_answers(model2, prompts, s2, max_new_tokens=40) == want
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        generate_answers(model, prompts, dataclasses.replace(cfg.sample, repetition_penalty=0.0), **kw)

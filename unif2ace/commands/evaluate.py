@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                "vqa_classifier_decoded": u.get("decoded_reference", {}).get("overall", {}).get("accuracy"),
                "caption_recall": m.get("understanding", {}).get("caption", {}).get("recall"),
                "caption_precision": m.get("understanding", {}).get("caption", {}).get("precision"),
+               "caption_recall_own_vs_other_image": [u["image_control"][k] for k in ("caption_own_recall",
+                                                                                     "caption_other_recall")]
+               if "caption_own_recall" in u.get("image_control", {}) else None,
                "generation_attribute_accuracy": m.get("generation", {}).get("attributes", {}).get("overall"),
                "decoded_attribute_accuracy": m.get("generation", {}).get("decoded_reference", {}).get("overall"),
                "synthface_fid": m.get("generation", {}).get("synthface_fid", {}).get("value"),

@@ -317,6 +317,13 @@ class SampleConfig:
     """Nucleus sampling for MMU (1.0 with temperature 0 = greedy)."""
     mmu_temperature: float = 0.0
     """MMU sampling temperature (0 = greedy)."""
+    no_repeat_ngram: int = 0
+    """MMU decoding never repeats an n-gram of its own output (transformers'
+    ``NoRepeatNGramLogitsProcessor``; 0 = off)."""
+    repetition_penalty: float = 1.0
+    """MMU logits of tokens already in the answer are divided (if positive) or multiplied (if
+    negative) by this (transformers' ``RepetitionPenaltyLogitsProcessor``, CTRL's rule; 1 = off).
+    Greedy captions of a small model loop on one sentence; the penalty moves them on."""
     seed: int = 0
     """Sampling seed."""
 

@@ -17,7 +17,7 @@ may be None to skip that half.
   that asks the first ``image_control`` faces' questions with another face's image) and one caption per
   face (prompt ``caption_prompt``), whose attributes are parsed with SynthFace's
   ``attributes_in_text`` and scored against the reference caption (recall) and the visible
-  ground truth (precision).
+  ground truth (precision); the control also describes those faces from another face's image.
 * Generation, from the reference captions of the first ``num_generation`` faces: the
   attribute classifier's verdict on each prompted attribute, the same classifier on the real
   faces as a ceiling, SynthFace-FID (classifier features) and, given ``inception_weights``,
@@ -174,9 +174,15 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
                 refs[key] = M.vqa_scores([answer_from_attributes(q, read[o]) for o, q in zip(owner, qs)],
                                          golds, cats, kinds, num_values)
     captions = _call_answers(answer_fn, [r.id for r in recs], [cfg.caption_prompt] * len(recs), cfg.batch_size)
-    cap = M.caption_attribute_scores([attributes_in_text(c) for c in captions],
-                                     [attributes_in_text(r.caption) for r in recs],
-                                     [_visible(r.attributes) for r in recs])
+    ref_pairs, visible = [attributes_in_text(r.caption) for r in recs], [_visible(r.attributes) for r in recs]
+    cap = M.caption_attribute_scores([attributes_in_text(c) for c in captions], ref_pairs, visible)
+    if "image_control" in refs:  # the same faces described from the next face's image
+        other = _call_answers(answer_fn, [recs[(i + 1) % n_ctl].id for i in range(n_ctl)],
+                              [cfg.caption_prompt] * n_ctl, cfg.batch_size)
+        refs["image_control"].update({
+            f"caption_{key}_recall": M.caption_attribute_scores([attributes_in_text(c) for c in said],
+                                                                ref_pairs[:n_ctl], visible[:n_ctl])["recall"]
+            for key, said in (("own", captions[:n_ctl]), ("other", other))})
     rows = min(cfg.grid_rows, len(recs))
     if rows:
         per_face = [[] for _ in range(rows)]

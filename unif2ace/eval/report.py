@@ -122,6 +122,11 @@ def _summary(m: dict) -> list[str]:
         c = u["caption"]
         rows.append(f"| caption attribute recall / precision ({c['n_images']} faces) | "
                     f"**{_f(c['recall'])} / {_f(c['precision'])}** | F1 {_f(c['f1'])} |")
+        ctl = u.get("image_control", {})
+        if "caption_own_recall" in ctl:
+            rows.append(f"| caption recall on {ctl['faces']} faces, described from each face's own image / from "
+                        f"another face's | {_f(ctl['caption_own_recall'])} / {_f(ctl['caption_other_recall'])} | "
+                        f"the drop is what the captions take from the face |")
     if "attributes" in g:
         a, ref = g["attributes"], g.get("real_reference", {})
         rows.append(f"| generated faces carrying their prompted attributes ({a['n']} pairs) | **{_f(a['overall'])}** | "

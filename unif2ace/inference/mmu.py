@@ -13,7 +13,9 @@ counting left pads; rotary attention depends only on differences, so the shift i
 gives the same tokens and serves as the reference in tests and benchmarks/bench_inference.py.
 
 Answers are drawn from the text vocabulary only (an answer is text; an image or special token
-would also open image spans in the omni mask that the cached path never saw). A row stops at
+would also open image spans in the omni mask that the cached path never saw).
+``sample.no_repeat_ngram`` and ``sample.repetition_penalty`` apply transformers' logits
+processors of the same names to each row's answer so far. A row stops at
 the text tokenizer's end-of-text; finished rows are fed [PAD], which no other token attends to.
 The sequence-level MoE decides once per sequence: both paths pass one fresh ``layer_state``
 per call and reuse it, so the decision taken on the prompt holds for the whole answer.
@@ -93,6 +95,23 @@ def _full_stepper(model, ids, task, feats, layer_state) -> tuple[torch.Tensor, C
     return model(ids, task, feats, layer_state=layer_state).logits[:, -1], step
 
 
+def _answer_processors(cfg: SampleConfig):
+    """transformers' logits processors for ``sample.no_repeat_ngram`` / ``repetition_penalty``,
+    applied to the answer's own tokens (the prompt is not searched), or None when both are off."""
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    if cfg.no_repeat_ngram < 0:
+        raise ValueError(f"sample.no_repeat_ngram must be ≥ 0, got {cfg.no_repeat_ngram}")
+    if cfg.repetition_penalty <= 0:
+        raise ValueError(f"sample.repetition_penalty must be > 0, got {cfg.repetition_penalty}")
+    procs = LogitsProcessorList()
+    if cfg.no_repeat_ngram:
+        procs.append(NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram))
+    if cfg.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+    return procs or None
+
+
 @torch.inference_mode()
 def _generate(model, prompts, cfg, features, generator, max_new_tokens, stop_at_eos, make_stepper):
     cfg = cfg or SampleConfig()
@@ -121,8 +140,14 @@ def _generate(model, prompts, cfg, features, generator, max_new_tokens, stop_at_
         logits, step = make_stepper(model, ids, task, feats, layer_state)
         done = torch.zeros(b, dtype=torch.bool, device=device)
         tokens = []
+        procs = _answer_processors(cfg)
         for t in range(budget):
-            nxt = sample_next(logits[:, :layout.text_vocab_size], cfg.mmu_temperature, cfg.top_p, generator)
+            scores = logits[:, :layout.text_vocab_size]
+            if procs is not None and tokens:
+                # finished rows hold [PAD] (outside the scores' width) and their next token is unused
+                hist = torch.stack(tokens, 1).masked_fill(done[:, None], layout.eos_id)
+                scores = procs(hist, scores.float())
+            nxt = sample_next(scores, cfg.mmu_temperature, cfg.top_p, generator)
             nxt = torch.where(done, layout.pad_id, nxt)
             if stop_at_eos:
                 done = done | (nxt == layout.eos_id)
