@@ -38,6 +38,8 @@ def test_overrides_and_types():
     (["model.seq_moe.enabled=true", "model.seq_moe.gen_experts=[copy,magic]"], ["magic"]),
     (["data.t2i_fraction=1.5"], ["data.t2i_fraction"]),
     (["model.bos_id=100000"], ["model.bos_id"]),
+    (["sample.repetition_penalty=0"], ["sample.repetition_penalty"]),
+    (["sample.no_repeat_ngram=-2"], ["sample.no_repeat_ngram"]),
     (["train.lr"], ["key=value"]),
 ])
 def test_bad_config_is_named(override, words):

@@ -445,6 +445,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.alpha must be ≥ 0")
     if not 0.0 <= cfg.loss.min_mask_ratio < 1.0:
         raise ConfigError("loss.min_mask_ratio must be in [0, 1)")
+    if cfg.sample.no_repeat_ngram < 0 or cfg.sample.repetition_penalty <= 0:
+        raise ConfigError("sample.no_repeat_ngram must be ≥ 0 and sample.repetition_penalty > 0")
 
 
 def print_help() -> None:
