@@ -94,10 +94,22 @@ def shards(tiny_shards):
 def reference(shards, tmp_path_factory):
     """2 ranks × micro batch 2, ZeRO-3, launched the documented way."""
     out = tmp_path_factory.mktemp("ref")
-    rc, log = _run(["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "launchers/train.py",
+    port = _free_port()
+    rc, log = _run(["deepspeed", "--num_gpus", "2", "--master_port", str(port), "launchers/train.py",
                     "--deepspeed", "ds_configs/zero3.json", *_overrides(shards, out, "train.micro_batch=2")])
     assert rc == 0, log[-4000:]
+    (out / "master_port").write_text(str(port))
     return out
+
+
+def test_deepspeed_launch_leaves_no_shared_memory_behind(reference, monkeypatch):
+    """DeepSpeed's CPU backend gives each rank a /dev/shm workspace it never unlinks; ours does."""
+    from unif2ace.train.engine import shm_workspace_path
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", (reference / "master_port").read_text())
+    left = [p for p in map(shm_workspace_path, range(2)) if p.exists()]
+    assert not left, left
 
 
 def test_zero3_two_ranks_loss_decreases_with_every_metric(reference):
