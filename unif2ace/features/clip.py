@@ -19,7 +19,6 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from unif2ace.atomic import atomic_write_text
 from unif2ace.config import ConfigError
 from unif2ace.checksum import file_sha256
 from unif2ace.features.config import TINY_CLIP, ClipConfig
+from unif2ace.runtime import process_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ def register_model_config(name: str, cfg: dict[str, Any]) -> None:
     """Register an in-memory architecture under ``name``.
 
     open_clip's registry only reads JSON files (``add_model_config(path)``), so the dict is
-    written once per process to a private temporary directory.
+    written once per process to a private temporary directory (removed at exit).
     """
     global _config_dir
     if name in _registered:
         return
     if _config_dir is None:
-        _config_dir = Path(tempfile.mkdtemp(prefix="unif2ace-open_clip-"))
+        _config_dir = process_tempdir("unif2ace-open_clip-")
     path = _config_dir / f"{name}.json"
     atomic_write_text(path, json.dumps(cfg))
     register_config_path(path)

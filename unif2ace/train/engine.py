@@ -109,8 +109,8 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         # A world of one needs no TCP rendezvous: a file store cannot lose a race for a port
         # (a free port found by bind-and-close was taken again before the store bound it, in CI).
-        import tempfile
-        single = {"init_method": "file://" + os.path.join(tempfile.mkdtemp(prefix="unif2ace-pg-"), "store"),
+        from unif2ace.runtime import process_tempdir
+        single = {"init_method": "file://" + str(process_tempdir("unif2ace-pg-") / "store"),
                   "rank": 0, "world_size": 1}
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     gpu = on_gpu()

@@ -1,0 +1,42 @@
+"""unif2ace/runtime.py: scoped thread counts and scratch directories that do not outlive a run."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from unif2ace.runtime import torch_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_torch_threads_restores_the_callers_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_a_world_of_one_and_the_clip_registry_leave_no_scratch_directory(tmp_path):
+    """A plain ``python launchers/train.py`` joins a FileStore process group and registers the tiny
+    CLIP with open_clip: both need a file for the whole process, and used to leave it behind."""
+    child = """
+import json, os, sys
+from unif2ace.features import clip
+from unif2ace.train import engine
+engine.init_distributed(timeout_s=30)
+clip.register_model_config("ScratchTest-CLIP", clip.TINY_CLIP_CONFIG)
+import open_clip
+assert "ScratchTest-CLIP" in open_clip.list_models()
+dirs = [d for d in os.listdir(os.environ["TMPDIR"])]
+print(json.dumps(dirs))
+"""
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "DS_ACCELERATOR": "cpu", "HOME": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-c", child], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    during = json.loads(p.stdout.strip().splitlines()[-1])
+    assert any(d.startswith("unif2ace-pg-") for d in during) and any(
+        d.startswith("unif2ace-open_clip-") for d in during), during
+    assert [d.name for d in tmp_path.iterdir() if d.name.startswith("unif2ace-")] == []
