@@ -1,6 +1,7 @@
 """README command 1 (launchers/demo.py), shrunk: every step runs through the real tools (the
 encoders retrained too), the report is written, and a re-run resumes by skipping finished steps."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -43,6 +44,24 @@ def test_demo_end_to_end_and_resume(tmp_path):
                            capture_output=True, text=True, timeout=LIMIT)
     assert again.returncode == 0
     assert again.stdout.count("done before, skipped") == len(steps)
+
+    # without --retrain-encoders the committed judge is copied, never trained: a copy of the finished
+    # run with its classifier and evaluations removed, pointed at these encoders plus that judge
+    enc = out / "encoders"
+    shutil.copytree(out / "classifier", enc / "classifier")
+    out2 = tmp_path / "demo2"
+    shutil.copytree(out, out2)
+    shutil.rmtree(out2 / "classifier")
+    (out2 / "classifier.log").unlink()
+    for name in ("classifier", "evaluate", "evaluate_unseen"):
+        (out2 / f".done-{name}").unlink()
+    small = [a for a in SMALL if a != "--retrain-encoders"]
+    r = subprocess.run([sys.executable, "launchers/demo.py", "--out", str(out2), "--encoders", str(enc), *small],
+                       cwd=ROOT, capture_output=True, text=True, timeout=LIMIT)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "[demo] classifier" not in r.stdout and not (out2 / "classifier.log").exists()
+    assert (out2 / "classifier" / "model.safetensors").read_bytes() == (enc / "classifier" / "model.safetensors").read_bytes()
+    assert json.loads((out2 / "eval" / "metrics.json").read_text())["generation"]
 
     # the ablation command (paper Tables 4-5) on the same demo directory, shrunk to 2 steps
     variants = ["unif2ace", "mask_only", "dense"]

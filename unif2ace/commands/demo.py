@@ -2,7 +2,7 @@
 
     python launchers/demo.py                       # everything, into runs/demo
     python launchers/demo.py --fresh               # start over (what the 20-minute budget is measured on)
-    python launchers/demo.py --retrain-encoders    # also retrain the committed encoders (see below)
+    python launchers/demo.py --retrain-encoders    # also retrain the committed encoders and judge (see below)
     python launchers/demo.py --out runs/d2 --num-images 3000 train.steps=600
 
 Steps (each is one of the project's real tools, run as a user would; a finished step is skipped
@@ -14,8 +14,9 @@ on re-run, so an interrupted demo resumes; steps of one stage run side by side o
            tools/train_clip.py                  open_clip ViT + contrastive loss → CLIP patch tokens
            tools/train_face_recognizer.py       ArcFace-loss identity CNN → insightface ONNX
  prepare   tools/precompute_tokens.py (×2)      codes, text ids, CLIP / face / noise features → shards
-           tools/train_attribute_classifier.py  the independent judge of generated faces (runs in the
-                                                background from here into training; joined before evaluate)
+           tools/train_attribute_classifier.py  the independent judge of generated faces: only with
+                                                --retrain-encoders (in the background from here into
+                                                training), else assets/synthface/classifier is copied
  train     deepspeed launchers/train.py         ZeRO-2, 2 CPU processes, the synthface recipe (UniF²ace:
                                                 grouped token MoE + grouped sequence MoE + D3Diff)
  convert   tools/convert_checkpoint.py          ZeRO checkpoint → model directory
@@ -24,7 +25,9 @@ on re-run, so an interrupted demo resumes; steps of one stage run side by side o
 No pretrained weights can be downloaded here, so the encoders are the project's own, trained on
 SynthFace seed 0's training faces by the same tools; ``assets/synthface/README.md`` gives the
 command that reproduces the committed copies, and ``--retrain-encoders`` retrains them inside
-the run. Timings per step and per stage go into OUT/timings.json and OUT/report.md, MoE routing
+the run. The judge (attribute classifier) is committed beside them for the same reason: trained
+on the labels of the same faces, it would otherwise take a third process's share of the two
+cores from the transformer's training, and a fixed judge scores every run alike. Timings per step and per stage go into OUT/timings.json and OUT/report.md, MoE routing
 heat maps of the last 50 training steps into OUT/routing.png (shown in the report).
 """
 from __future__ import annotations
@@ -39,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from unif2ace.atomic import atomic_directory
 from unif2ace.eval.routing import routing_from_log, routing_table, save_routing_heatmaps
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (scripts and assets are run from it)
@@ -112,6 +116,13 @@ class Background:
         self.start = time.time()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self.log,
                                      stderr=self.log)
+
+    @classmethod
+    def finished(cls, name: str) -> "Background":
+        """A step with nothing to run (its result is already there)."""
+        self = cls.__new__(cls)
+        self.name, self.done = name, True
+        return self
 
     def join(self, stage: str, timings: dict) -> None:
         if self.done:
@@ -189,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-images", type=int, default=4000, help="SynthFace images of the training seed")
     ap.add_argument("--num-heldout", type=int, default=400, help="SynthFace images of the unseen seed")
     ap.add_argument("--retrain-encoders", action="store_true",
-                    help=f"train the text/image tokenizers, CLIP and face model in this run (else {ASSETS})")
+                    help=f"train the text/image tokenizers, CLIP, face model and attribute classifier in this "
+                         f"run (else {ASSETS})")
     ap.add_argument("--encoders", default=str(ASSETS), help="committed encoders to use without --retrain-encoders")
     ap.add_argument("--tokenizer-steps", type=int, default=2500, help="image tokenizer steps (--retrain-encoders)")
     ap.add_argument("--clip-steps", type=int, default=1500, help="CLIP steps (--retrain-encoders)")
     ap.add_argument("--face-steps", type=int, default=600, help="face recogniser steps (--retrain-encoders)")
-    ap.add_argument("--classifier-steps", type=int, default=600, help="attribute classifier steps")
+    ap.add_argument("--classifier-steps", type=int, default=600, help="attribute classifier steps (--retrain-encoders)")
     ap.add_argument("--train-steps", type=int, default=560,
                     help="UniF²ace training steps (× 2 ranks × train.micro_batch rows): what fits the 20-minute "
                          "budget on 2 cores")
@@ -244,16 +256,23 @@ def main(argv: list[str] | None = None) -> int:
                   out, timings)
     else:
         enc = Path(args.encoders)
-        missing = [str(v) for v in encoder_paths(enc).values() if not v.exists()]
+        missing = [str(v) for v in [*encoder_paths(enc).values(), enc / "classifier"] if not v.exists()]
         if missing:
             raise SystemExit(f"[demo] encoders missing: {missing}; run with --retrain-encoders, or see "
                              f"{ASSETS / 'README.md'}")
     p = encoder_paths(enc)
     pre = [py, "tools/precompute_tokens.py", "--image-tokenizer", str(p["magvit"]), "--text-tokenizer", str(p["spm"]),
            "--recipe", "synthface", "--workers", "1", "--no-progress", *feature_flags(enc)]
-    # The judge trains while the shards are written and on into training: its core would idle otherwise.
-    judge = Background("prepare", "classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data), "--out",
-                                      str(clf), "--steps", str(args.classifier_steps), "--no-progress"], out, env1)
+    if args.retrain_encoders:
+        # The judge trains while the shards are written and on into training: its core would idle otherwise.
+        judge = Background("prepare", "classifier", [py, "tools/train_attribute_classifier.py", "--data", str(data),
+                                                     "--out", str(clf), "--steps", str(args.classifier_steps),
+                                                     "--no-progress"], out, env1)
+    else:
+        judge = Background.finished("classifier")
+        if not clf.exists():  # evaluate and ablate read OUT/classifier
+            with atomic_directory(clf) as tmp:
+                shutil.copytree(enc / "classifier", tmp, dirs_exist_ok=True)
     try:
         run_stage("prepare", [
             ("precompute", [*pre, "--data", str(data), "--out", str(shards)], env1),
