@@ -102,14 +102,25 @@ def reference(shards, tmp_path_factory):
     return out
 
 
-def test_deepspeed_launch_leaves_no_shared_memory_behind(reference, monkeypatch):
-    """DeepSpeed's CPU backend gives each rank a /dev/shm workspace it never unlinks; ours does."""
+def _shm_left(port, ranks, monkeypatch):
     from unif2ace.train.engine import shm_workspace_path
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", (reference / "master_port").read_text())
-    left = [p for p in map(shm_workspace_path, range(2)) if p.exists()]
-    assert not left, left
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    return [p for p in map(shm_workspace_path, range(ranks)) if p.exists()]
+
+
+def test_deepspeed_launch_leaves_no_shared_memory_behind(shards, reference, tmp_path, monkeypatch):
+    """DeepSpeed's CPU backend gives each rank a /dev/shm workspace it never unlinks; ours does,
+    for 2 ranks and for 1 (launchers/demo.py --procs 1)."""
+    assert not _shm_left((reference / "master_port").read_text(), 2, monkeypatch)
+    port = _free_port()
+    rc, log = _run(["deepspeed", "--num_gpus", "1", "--master_port", str(port), "launchers/train.py",
+                    "--deepspeed", "ds_configs/zero2.json",
+                    *_overrides(shards, tmp_path, "train.steps=1", "train.warmup_steps=0", "train.save_every=0",
+                                   "train.export_final=false")])
+    assert rc == 0, log[-4000:]
+    assert not _shm_left(port, 1, monkeypatch)
 
 
 def test_zero3_two_ranks_loss_decreases_with_every_metric(reference):

@@ -86,11 +86,10 @@ def _release_shm_workspace() -> None:
     """
     import torch.distributed as dist
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if world == 1 or os.environ.get("LOCAL_SIZE") != str(world):
-        return  # DeepSpeed maps the workspace only when every rank is on this host
+    if os.environ.get("LOCAL_SIZE") != str(dist.get_world_size()):
+        return  # DeepSpeed maps the workspace only when every rank is on this host (a world of one too)
     dist.barrier()  # each rank returns from init only after it mapped every peer's workspace
-    shm_workspace_path(rank).unlink(missing_ok=True)
+    shm_workspace_path(dist.get_rank()).unlink(missing_ok=True)
 
 
 def init_distributed(timeout_s: int = 600) -> DistInfo:
