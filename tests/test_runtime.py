@@ -1,12 +1,14 @@
 """unif2ace/runtime.py: scoped thread counts and scratch directories that do not outlive a run."""
+import concurrent.futures as cf
 import json
+import multiprocessing as mp
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from unif2ace.runtime import torch_threads
+from unif2ace.runtime import process_tempdir, torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +42,19 @@ print(json.dumps(dirs))
     assert any(d.startswith("unif2ace-pg-") for d in during) and any(
         d.startswith("unif2ace-open_clip-") for d in during), during
     assert [d.name for d in tmp_path.iterdir() if d.name.startswith("unif2ace-")] == []
+
+
+def _worker_tempdir(prefix):
+    return str(process_tempdir(prefix))
+
+
+def test_a_pool_workers_scratch_directory_goes_when_the_worker_ends(tmp_path):
+    """Pool workers leave through os._exit (no atexit): precompute's CLIP-encoding workers each left
+    open_clip's config directory behind. The parent's own directory outlives its children."""
+    mine = process_tempdir("unif2ace-test-parent-")
+    for method in ("fork", "forkserver"):
+        with cf.ProcessPoolExecutor(1, mp_context=mp.get_context(method)) as pool:
+            theirs = Path(pool.submit(_worker_tempdir, "unif2ace-test-worker-").result())
+            assert theirs.is_dir() and theirs != mine
+        assert not theirs.exists(), method
+        assert mine.is_dir(), method

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-import atexit
+import multiprocessing.util
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -32,8 +32,13 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def process_tempdir(prefix: str) -> Path:
     """A fresh temporary directory that lives as long as the process (some libraries keep reading
-    a path they were given: open_clip rescans its config paths, a FileStore its file), removed at
-    interpreter exit so that runs do not litter the temp directory."""
+    a path they were given: open_clip rescans its config paths, a FileStore its file), removed
+    when the process exits (a multiprocessing worker too; not after SIGKILL) so that runs do not
+    litter the temp directory."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    # multiprocessing's exit finalizers, not atexit: they also run when a pool worker ends (it
+    # leaves through os._exit, skipping atexit), and a forked child starts with an empty registry,
+    # so it never removes its parent's directory
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(str(path),), kwargs={"ignore_errors": True},
+                                  exitpriority=0)
     return path
