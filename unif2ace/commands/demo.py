@@ -25,10 +25,11 @@ on re-run, so an interrupted demo resumes; steps of one stage run side by side o
 No pretrained weights can be downloaded here, so the encoders are the project's own, trained on
 SynthFace seed 0's training faces by the same tools; ``assets/synthface/README.md`` gives the
 command that reproduces the committed copies, and ``--retrain-encoders`` retrains them inside
-the run. The judge (attribute classifier) is committed beside them for the same reason: trained
-on the labels of the same faces, it would otherwise take a third process's share of the two
-cores from the transformer's training, and a fixed judge scores every run alike. Timings per step and per stage go into OUT/timings.json and OUT/report.md, MoE routing
-heat maps of the last 50 training steps into OUT/routing.png (shown in the report).
+the run. The judge (attribute classifier, trained on the labels of the same faces) is committed
+beside them: trained in the run, it took a third process's share of the two cores from the
+transformer's training, and a fixed judge scores every run alike. Timings per step and per stage
+go into OUT/timings.json and OUT/report.md, MoE routing heat maps of the last 50 training steps
+into OUT/routing.png (shown in the report).
 """
 from __future__ import annotations
 
