@@ -58,3 +58,27 @@ def test_a_pool_workers_scratch_directory_goes_when_the_worker_ends(tmp_path):
             assert theirs.is_dir() and theirs != mine
         assert not theirs.exists(), method
         assert mine.is_dir(), method
+
+
+def test_remove_process_tempdirs_before_os_exit(tmp_path):
+    """``os._exit`` (the trainer's way out) runs no exit handler: the trainer removes its
+    directories first, and only its own."""
+    child = """
+import os
+from unif2ace.runtime import process_tempdir, remove_process_tempdirs
+a = process_tempdir("unif2ace-a-")
+pid = os.fork()
+if pid == 0:  # a forked child removing "its" directories must not touch its parent's
+    remove_process_tempdirs()
+    os._exit(0)
+os.waitpid(pid, 0)
+assert a.is_dir()
+remove_process_tempdirs()
+assert not a.exists()
+process_tempdir("unif2ace-b-")  # left to os._exit: stays
+os._exit(0)
+"""
+    p = subprocess.run([sys.executable, "-c", child], cwd=ROOT, env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)},
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [d.name[:11] for d in tmp_path.iterdir()] == ["unif2ace-b-"]

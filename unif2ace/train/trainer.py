@@ -34,6 +34,7 @@ import torch
 from unif2ace.config import Config, ConfigError, describe, load_config
 from unif2ace.data.shards import ShardError
 from unif2ace.losses import total_loss
+from unif2ace.runtime import remove_process_tempdirs
 from unif2ace.tokens import TASK_MMU, TASK_T2I, Batch, TokenLayout
 from unif2ace.train import engine as E
 from unif2ace.train import faults
@@ -275,6 +276,7 @@ def _finish(code: int):
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    remove_process_tempdirs()
     os._exit(code)
 
 
