@@ -20,6 +20,7 @@ on re-run, so an interrupted demo resumes; steps of one stage run side by side o
  train     deepspeed launchers/train.py         ZeRO-2, 2 CPU processes, the synthface recipe (UniF²ace:
                                                 grouped token MoE + grouped sequence MoE + D3Diff)
  convert   tools/convert_checkpoint.py          ZeRO checkpoint → model directory
+           tools/judge_tokenizer.py             the judge on test faces decoded from their own codes
  evaluate  launchers/evaluate.py (×2)           test split of seed 0, and faces of the unseen seed 1
 
 No pretrained weights can be downloaded here, so the encoders are the project's own, trained on
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         run_stage("prepare", [
             ("precompute", [*pre, "--data", str(data), "--out", str(shards)], env1),
             ("precompute_unseen", [*pre, "--data", str(held), "--out", str(held_shards)], env1)], out, timings)
-        train_and_evaluate(args, py, out, timings, judge, env1)
+        train_and_evaluate(args, py, out, timings, judge, env1, p["magvit"])
     finally:
         judge.kill()
     (out / "report.md").write_text(report(out, timings, time.time() - t_start))
@@ -287,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_and_evaluate(args, py: str, out: Path, timings: dict, judge: Background, env1: dict) -> None:
+def train_and_evaluate(args, py: str, out: Path, timings: dict, judge: Background, env1: dict,
+                       magvit: Path) -> None:
     data, held = out / "data", out / "data_unseen"
     shards, held_shards = out / "shards", out / "shards_unseen"
     train_dir, model, clf = out / "train", out / "model", out / "classifier"
@@ -295,9 +297,12 @@ def train_and_evaluate(args, py: str, out: Path, timings: dict, judge: Backgroun
     train = train_command(py, args.procs, args.ds_config, "synthface", shards, train_dir, args.train_steps,
                           "train.wandb=offline", *args.overrides, save_every=max(1, args.train_steps // 2))
     run_stage("train", [("train", train, env1)], out, timings)
-    run_stage("convert", [("convert", [py, "tools/convert_checkpoint.py", str(train_dir / "checkpoints"),
-                                       "--out", str(model)], env1)], out, timings)
-    judge.join("evaluate", timings)
+    judge.join("convert", timings)  # with --retrain-encoders it finished during training
+    run_stage("convert", [
+        ("convert", [py, "tools/convert_checkpoint.py", str(train_dir / "checkpoints"), "--out", str(model)], env1),
+        # the image tokenizer's ceiling, on the core convert leaves idle
+        ("codes", [py, "tools/judge_tokenizer.py", "--data", str(data), "--classifier", str(clf), "--tokenizer",
+                   str(magvit), "--threads", "1", "--out", str(out / "codes.json")], env1)], out, timings)
     ev = [py, "launchers/evaluate.py", "--checkpoint", str(model), "--classifier", str(clf),
           "--num-understanding", str(args.num_eval), "--num-generation", str(args.num_eval)]
     run_stage("evaluate", [
@@ -320,6 +325,8 @@ def report(out: Path, timings: dict, this_run: float) -> str:
         if (ev / "report.md").exists():
             lines += ["", f"## {title}", "", f"Full report: [{ev.name}/report.md]({ev.name}/report.md).", "",
                       _summary(ev / "report.md")]
+    if (out / "codes.json").exists():
+        lines += ["", _codes_section(json.loads((out / "codes.json").read_text()))]
     matrices, labels = routing_from_log(out / "train", last=50)
     routing = routing_table(matrices, labels)
     if routing:
@@ -330,6 +337,23 @@ def report(out: Path, timings: dict, this_run: float) -> str:
         lines += ["", "Per layer, token- and sequence-level (mean over the last 50 steps):", "",
                   "![MoE routing heat maps](routing.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _codes_section(codes: dict) -> str:
+    """What the image codes carry: the judge on real test faces and on the same faces decoded."""
+    real, tok = codes["real"], codes["tokenizers"][0]
+    acc = {c: v["accuracy"] for c, v in tok["per_category"].items() if v["accuracy"] is not None}
+    ref = {c: real["per_category"][c]["accuracy"] for c in acc}
+    low = sorted(acc, key=lambda c: acc[c] - ref[c])[:4]
+    return "\n".join([
+        f"## What the image codes carry (the judge on the {codes['num_faces']} {codes['split']} faces of the "
+        "training seed; tools/judge_tokenizer.py)", "",
+        "| faces | the judge's mean accuracy over categories |", "|---|---|",
+        f"| real | {real['mean_accuracy']:.3f} |",
+        f"| decoded from their own {tok['tokens_per_image']} codes (codebook {tok['codebook_size']}) | "
+        f"**{tok['mean_accuracy']:.3f}** |", "",
+        "Most lost in the codes: " + ", ".join(
+            f"{c.replace('_', ' ')} {acc[c]:.2f} (real {ref[c]:.2f})" for c in low) + "."])
 
 
 def _summary(report: Path) -> str:
