@@ -91,3 +91,19 @@ def test_committed_judge_reads_unseen_faces(faces):
     chance = np.mean([1 / len(v) for v in clf.categories.values()])
     recorded = json.loads((ASSETS / "classifier" / "test_metrics.json").read_text())["test"]["mean_accuracy"]
     assert len(hits) > 20 * len(faces) and np.mean(hits) > max(chance + 0.3, recorded - 0.1), (np.mean(hits), recorded)
+
+
+def test_committed_image_codes_keep_what_the_judge_reads(faces, tmp_path):
+    """Faces of an unseen seed decoded from the committed tokenizer's own codes keep most of what the
+    judge reads on the real faces; a random tokenizer of the same shape keeps far less."""
+    from unif2ace.eval.codes import judge_codes
+    from unif2ace.tokenizers.magvit import MagvitV2
+
+    data = Path(faces[0].image).parents[2]  # data/images/<split>/<file>
+    torch.manual_seed(0)
+    MagvitV2(MagvitV2.from_pretrained(ASSETS / "magvit").config).save_pretrained(tmp_path / "random")
+    # every split of seed 7 is unseen; "train" holds the most faces (16 of 24)
+    r = judge_codes(data, ASSETS / "classifier", [ASSETS / "magvit", tmp_path / "random"], split="train")
+    real, (ours, rand) = r["real"]["mean_accuracy"], [t["mean_accuracy"] for t in r["tokenizers"]]
+    assert r["num_faces"] == 16
+    assert ours > real - 0.15 and ours > rand + 0.15, (real, ours, rand)
