@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"train the text/image tokenizers, CLIP, face model and attribute classifier in this "
                          f"run (else {ASSETS})")
     ap.add_argument("--encoders", default=str(ASSETS), help="committed encoders to use without --retrain-encoders")
-    ap.add_argument("--tokenizer-steps", type=int, default=2500, help="image tokenizer steps (--retrain-encoders)")
+    ap.add_argument("--tokenizer-steps", type=int, default=10000, help="image tokenizer steps (--retrain-encoders)")
     ap.add_argument("--clip-steps", type=int, default=1500, help="CLIP steps (--retrain-encoders)")
     ap.add_argument("--face-steps", type=int, default=600, help="face recogniser steps (--retrain-encoders)")
     ap.add_argument("--classifier-steps", type=int, default=600, help="attribute classifier steps (--retrain-encoders)")
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         run_stage("encoders", [
             ("image_tokenizer", [py, "tools/train_image_tokenizer.py", "--train-dir", str(data / "images" / "train"),
                                  "--val-dir", str(data / "images" / "val"), "--preset", "synthface16",
-                                 "--batch-size", "16", "--max-val", "256", "--threads", "1", "--no-progress",
+                                 "--batch-size", "8", "--max-val", "256", "--threads", "1", "--no-progress",
                                  "--steps", str(args.tokenizer_steps), "--out", str(p["magvit"])], env1),
             ("clip", [py, "tools/train_clip.py", "--data", str(data), "--text-tokenizer", str(p["spm"]),
                       "--out", str(p["clip"]), "--steps", str(args.clip_steps), "--threads", "1", "--no-progress"], env1),
