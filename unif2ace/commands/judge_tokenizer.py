@@ -19,6 +19,8 @@ import sys
 import torch
 
 from unif2ace.atomic import atomic_write_text
+from unif2ace.checkpoint.safetensors_dir import CheckpointError
+from unif2ace.eval.attribute_classifier import ClassifierError
 from unif2ace.eval.codes import format_table, judge_codes
 
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         result = judge_codes(a.data, a.classifier, a.tokenizer, a.split, a.limit, a.batch_size)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # ClassifierError, CheckpointError: RuntimeError
+    except (FileNotFoundError, ValueError, ClassifierError, CheckpointError) as e:  # bad input, not a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
