@@ -40,6 +40,15 @@ def test_vqa_scores_per_category_chance_and_majority():
     assert out["overall"]["chance"] == pytest.approx(2.5 / 6)
     assert out["overall"]["majority"] == pytest.approx(4 / 6)
     assert out["mean_over_categories"]["chance"] == pytest.approx((1.5 / 4 + 0.5) / 2)
+    # per kind. open: blonde, black right of 3; majority per (category, kind) → hair/open "blonde" right 2×.
+    op, yn = out["per_kind"]["open"], out["per_kind"]["yesno"]
+    assert (op["n"], op["n_open"], op["n_yesno"]) == (3, 3, 0)
+    assert op["accuracy"] == pytest.approx(2 / 3) and op["majority"] == pytest.approx(2 / 3)
+    assert op["chance"] == pytest.approx(1 / 3)
+    # yes/no: "no"≠yes, "Yes"=yes, "yes"≠no → 1 of 3; majority: hair "yes" right 1×, glasses "yes" right 1× → 2/3
+    assert yn["n"] == 3 and yn["accuracy"] == pytest.approx(1 / 3) and yn["majority"] == pytest.approx(2 / 3)
+    assert yn["chance"] == pytest.approx(0.5)
+    assert set(out["per_kind"]) == {"open", "yesno"} and set(out["per_category"]) == {"hair", "glasses"}
 
 
 def test_vqa_scores_errors_and_empty():
@@ -50,7 +59,9 @@ def test_vqa_scores_errors_and_empty():
     with pytest.raises(ValueError, match="no value count"):
         vqa_scores(["a"], ["a"], ["c"], ["open"], {})
     empty = vqa_scores([], [], [], [], {})
-    assert empty["overall"]["accuracy"] is None and empty["per_category"] == {}
+    assert empty["overall"]["accuracy"] is None and empty["per_category"] == {} and empty["per_kind"] == {}
+    only_open = vqa_scores(["a"], ["a"], ["c"], ["open"], {"c": 2})
+    assert set(only_open["per_kind"]) == {"open"}
 
 
 def test_caption_scores_recall_precision():

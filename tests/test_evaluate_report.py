@@ -74,6 +74,9 @@ def test_ground_truth_callables_score_one(setup, tmp_path):
     assert "## Understanding" in report and "## Generation" in report
     assert "![face → answers](answers.png)" in report and "![prompt → generated faces](generation.png)" in report
     assert f"| VQA exact-match accuracy ({n_q} questions) | **1.000** |" in report
+    pk = vqa["per_kind"]
+    assert pk["open"]["n"] + pk["yesno"]["n"] == n_q and pk["open"]["n"] == vqa["overall"]["n_open"]
+    assert f"| VQA on open / yes-no questions ({pk['open']['n']} / {pk['yesno']['n']}) | 1.000 / 1.000 |" in report
     for name in ("answers.png", "generation.png"):
         with Image.open(out / name) as im:
             assert im.width > 200 and im.height >= 4 * 128

@@ -50,7 +50,10 @@ def vqa_scores(predictions: Sequence[str], golds: Sequence[str], categories: Seq
     * ``majority``: accuracy of always answering the most frequent gold answer of the question's
       (category, kind) group, a baseline for skewed answer distributions.
 
-    ``mean_over_categories`` averages the per-category numbers with equal weight per category.
+    ``mean_over_categories`` averages the per-category numbers with equal weight per category;
+    ``per_kind`` gives the same numbers over all open and over all yes/no questions. A model
+    that has learnt each question's answer prior but not to read the face sits at ``majority``
+    there; kept apart, the two kinds show which of them it has begun to read.
     """
     n = len(predictions)
     if not (len(golds) == len(categories) == len(kinds) == n):
@@ -74,7 +77,7 @@ def vqa_scores(predictions: Sequence[str], golds: Sequence[str], categories: Seq
             chance = 0.5
         else:
             raise ValueError(f"vqa_scores: question kind {k!r} (category {c!r}) is neither 'open' nor 'yesno'")
-        for key in (c, None):  # None accumulates the overall numbers
+        for key in (c, None, ("kind", k)):  # None: the overall numbers
             a = acc[key]
             a["n"] += 1
             a["correct"] += int(normalize_answer(p) == g)
@@ -87,11 +90,12 @@ def vqa_scores(predictions: Sequence[str], golds: Sequence[str], categories: Seq
                 "accuracy": _ratio(a["correct"], a["n"]), "chance": _ratio(a["chance"], a["n"]),
                 "majority": _ratio(a["majority"], a["n"])}
 
-    per_cat = {c: finish(a) for c, a in sorted(acc.items(), key=lambda kv: str(kv[0])) if c is not None}
+    per_cat = {c: finish(a) for c, a in sorted(acc.items(), key=lambda kv: str(kv[0])) if isinstance(c, str)}
+    per_kind = {k: finish(acc[("kind", k)]) for k in ("open", "yesno") if ("kind", k) in acc}
     overall = finish(acc[None]) if n else {"n": 0, "n_open": 0, "n_yesno": 0, "accuracy": None,
                                            "chance": None, "majority": None}
     mean = {k: _ratio(sum(v[k] for v in per_cat.values()), len(per_cat)) for k in ("accuracy", "chance", "majority")}
-    return {"overall": overall, "mean_over_categories": mean, "per_category": per_cat}
+    return {"overall": overall, "mean_over_categories": mean, "per_category": per_cat, "per_kind": per_kind}
 
 
 def _norm_pairs(d: Mapping[str, str]) -> dict[str, str]:

@@ -107,6 +107,11 @@ def _summary(m: dict) -> list[str]:
                     f"chance {_f(o['chance'])}, majority answer {_f(o['majority'])} |")
         rows.append(f"| VQA accuracy, mean over categories | {_f(u['vqa']['mean_over_categories']['accuracy'])} | "
                     f"chance {_f(u['vqa']['mean_over_categories']['chance'])} |")
+        pk = u["vqa"].get("per_kind", {})
+        if len(pk) == 2:
+            o, y = pk["open"], pk["yesno"]
+            rows.append(f"| VQA on open / yes-no questions ({o['n']} / {y['n']}) | {_f(o['accuracy'])} / "
+                        f"{_f(y['accuracy'])} | majority answer {_f(o['majority'])} / {_f(y['majority'])} |")
         if "image_control" in u:
             c = u["image_control"]
             rows.append(f"| VQA on {c['faces']} faces' {c['questions']} questions, asked with each face's own "
