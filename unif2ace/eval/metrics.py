@@ -66,8 +66,12 @@ def vqa_scores(predictions: Sequence[str], golds: Sequence[str], categories: Seq
     # Ties between equally frequent answers: the first seen wins (Counter keeps insertion order).
     majority = {key: cnt.most_common(1)[0][0] for key, cnt in groups.items()}
 
-    acc: dict[str, dict[str, float]] = defaultdict(lambda: {"n": 0, "correct": 0, "chance": 0.0, "majority": 0,
-                                                             "n_open": 0, "n_yesno": 0})
+    def tally() -> dict[str, float]:
+        return {"n": 0, "correct": 0, "chance": 0.0, "majority": 0, "n_open": 0, "n_yesno": 0}
+
+    by_cat: dict[str, dict] = defaultdict(tally)
+    by_kind: dict[str, dict] = defaultdict(tally)
+    total = tally()
     for p, g, c, k in zip(predictions, gold_n, categories, kinds):
         if k == "open":
             if c not in num_values or num_values[c] < 1:
@@ -77,10 +81,10 @@ def vqa_scores(predictions: Sequence[str], golds: Sequence[str], categories: Seq
             chance = 0.5
         else:
             raise ValueError(f"vqa_scores: question kind {k!r} (category {c!r}) is neither 'open' nor 'yesno'")
-        for key in (c, None, ("kind", k)):  # None: the overall numbers
-            a = acc[key]
+        right = int(normalize_answer(p) == g)
+        for a in (by_cat[c], by_kind[k], total):
             a["n"] += 1
-            a["correct"] += int(normalize_answer(p) == g)
+            a["correct"] += right
             a["chance"] += chance
             a["majority"] += int(g == majority[(c, k)])
             a["n_" + k] += 1
@@ -90,10 +94,9 @@ def vqa_scores(predictions: Sequence[str], golds: Sequence[str], categories: Seq
                 "accuracy": _ratio(a["correct"], a["n"]), "chance": _ratio(a["chance"], a["n"]),
                 "majority": _ratio(a["majority"], a["n"])}
 
-    per_cat = {c: finish(a) for c, a in sorted(acc.items(), key=lambda kv: str(kv[0])) if isinstance(c, str)}
-    per_kind = {k: finish(acc[("kind", k)]) for k in ("open", "yesno") if ("kind", k) in acc}
-    overall = finish(acc[None]) if n else {"n": 0, "n_open": 0, "n_yesno": 0, "accuracy": None,
-                                           "chance": None, "majority": None}
+    per_cat = {c: finish(by_cat[c]) for c in sorted(by_cat)}
+    per_kind = {k: finish(by_kind[k]) for k in ("open", "yesno") if k in by_kind}
+    overall = finish(total)
     mean = {k: _ratio(sum(v[k] for v in per_cat.values()), len(per_cat)) for k in ("accuracy", "chance", "majority")}
     return {"overall": overall, "mean_over_categories": mean, "per_category": per_cat, "per_kind": per_kind}
 
