@@ -236,3 +236,24 @@ def test_every_parameter_gets_a_gradient_when_a_group_or_expert_is_unused(task):
     assert any(g.abs().sum() > 0 for n, g in one.items() if not n.startswith(idle) and g is not None)
     assert math.isfinite(float(aux["loss_balance_seq"].detach()))
     assert float(aux[f"seq_route_{idle}"].sum()) == 0.0
+
+
+@pytest.mark.parametrize("b", [0.0, 2.0])
+def test_feature_gate_starts_on_the_feature_in_the_whole_model(b):
+    # The gate bias survives the model's generic init (which zeroes every Linear bias): every
+    # feature expert starts at w = σ(−2b) on any hidden state (its gate weights are ~0.02).
+    from unif2ace.model.moe.resampler import FeatureExpert
+    from unif2ace.model.unif2ace import UniF2ace
+
+    cfg = load_config("tiny", ["model.seq_moe.enabled=true", f"model.seq_moe.feature_gate_init={b}"])
+    torch.manual_seed(0)
+    model = UniF2ace(cfg.model)
+    experts = [m for m in model.modules() if isinstance(m, FeatureExpert)]
+    assert len(experts) == 3 * cfg.model.num_layers  # clip + face (und), noise (gen)
+    h = torch.nn.functional.layer_norm(torch.randn(4, 5, cfg.model.hidden_size), (cfg.model.hidden_size,))
+    for e in experts:
+        assert e.gate.bias.tolist() == [-b, b]
+        w = e.gate(h).softmax(-1)[..., 0]
+        assert abs(w.mean().item() - 1 / (1 + math.exp(2 * b))) < 0.05
+    with pytest.raises(ConfigError, match="feature_gate_init"):
+        load_config("tiny", ["model.seq_moe.enabled=true", "model.seq_moe.feature_gate_init=nan"])

@@ -11,6 +11,7 @@ the resolved config and the parameter count per component.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +92,12 @@ class SeqMoEConfig:
     """Inner width of a feature expert's resampler (its cross-attention queries/keys/values)."""
     resampler_heads: int = 4
     """Attention heads of the feature resampler."""
+    feature_gate_init: float = 2.0
+    """Initial bias of each feature expert's gate [w, 1−w] = softmax(gate(x) + [−b, b]): it
+    starts at w = σ(−2b) ≈ 0.018 for b = 2, i.e. passing its feature. With b = 0 (w ≈ ½) the
+    normed hidden state, at unit scale, outweighs the still-small S(F); the gate learns to copy
+    x and shuts the feature out before it carries anything (measured: yes/no questions never
+    learnt, docs/design.md)."""
     no_face: Literal["mask", "copy"] = "mask"
     """Sequences whose image had no detected face: mask = the router never picks the Face
     expert for them; copy = the Face expert reduces to Copy (E(x) = x) for them."""
@@ -426,6 +433,8 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"model.seq_moe.top_k={s.top_k} must be in [1, len(model.seq_moe.{grp})={len(names)}]")
         if s.balance_weight < 0:
             raise ConfigError("model.seq_moe.balance_weight must be ≥ 0")
+        if not math.isfinite(s.feature_gate_init):
+            raise ConfigError(f"model.seq_moe.feature_gate_init={s.feature_gate_init} must be finite")
         if s.resampler_dim <= 0 or s.resampler_heads <= 0 or s.resampler_dim % s.resampler_heads:
             raise ConfigError(f"model.seq_moe.resampler_dim={s.resampler_dim} must be a positive multiple of "
                               f"model.seq_moe.resampler_heads={s.resampler_heads}")

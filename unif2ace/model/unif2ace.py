@@ -57,6 +57,9 @@ class UniF2ace(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # A second pass, so a module's own init (e.g. a feature expert's gate bias) is not undone
+        # by the generic init of its children, which ``modules()`` visits after it.
+        for m in self.modules():
             if m is not self and hasattr(m, "init_weights") and callable(m.init_weights):
                 m.init_weights(self.cfg.init_std)
 

@@ -44,13 +44,24 @@ class Resampler(nn.Module):
 
 
 class FeatureExpert(nn.Module):
-    """E(x) = w·x + (1−w)·S(F), [w, 1−w] = softmax of a learned per-token gate."""
+    """E(x) = w·x + (1−w)·S(F), [w, 1−w] = softmax of a learned per-token gate.
 
-    def __init__(self, hidden: int, feat_dim: int, dim: int, heads: int):
+    The gate's bias starts at [−gate_init, gate_init], so the expert starts by passing its
+    feature (w = σ(−2·gate_init)); see ``SeqMoEConfig.feature_gate_init`` for why.
+    """
+
+    def __init__(self, hidden: int, feat_dim: int, dim: int, heads: int, gate_init: float = 0.0):
         super().__init__()
         self.feat_dim = feat_dim
+        self.gate_init = gate_init
         self.gate = nn.Linear(hidden, 2)
         self.resampler = Resampler(hidden, feat_dim, dim, heads)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """The gate's starting bias (its weights keep the model's generic init)."""
+        self.gate.bias.copy_(torch.tensor([-self.gate_init, self.gate_init]))
 
     def forward(self, h: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         w = self.gate(h).softmax(-1)

@@ -47,7 +47,8 @@ class SeqExpertGroup(nn.Module):
         self.router = nn.Linear(hidden, len(names), bias=False)
         dims = {"clip": cfg.clip_dim, "face": cfg.face_dim, "noise": cfg.noise_dim}
         self.experts = nn.ModuleDict({
-            str(j): FeatureExpert(hidden, dims[n], cfg.resampler_dim, cfg.resampler_heads)
+            str(j): FeatureExpert(hidden, dims[n], cfg.resampler_dim, cfg.resampler_heads,
+                                  cfg.feature_gate_init)
             for j, n in enumerate(names) if n in FEATURE_EXPERTS
         })
 
