@@ -423,6 +423,14 @@ def is_synthface_question(question: str) -> bool:
     return question in _QUESTIONS
 
 
+def question_kind(question: str) -> str:
+    """"open", "presence" (is the attribute there at all) or "value" (does it have this value)."""
+    try:
+        return _QUESTIONS[question][1]
+    except KeyError:
+        raise KeyError(f"not a SynthFace question: {question!r}") from None
+
+
 def answer_from_attributes(question: str, attrs: dict[str, str]) -> str:
     """The answer ``make_qa`` gives to ``question`` about a face with attributes ``attrs``."""
     try:
