@@ -25,7 +25,7 @@ def test_rows_carry_each_face_attributes_and_answers(features):
     cats = [c.name for c in CATEGORIES]
     slots = [(c, v) for c in cats for v in TAXONOMY[c].values]
     inv = {i: w for w, i in words.ids.items()}
-    for i, (ids, labels, feat, kinds) in enumerate(rows):
+    for i, (ids, labels, feat, kinds, row_cats) in enumerate(rows):
         attrs = sample_face(3, i).attributes
         pos = P.first_answer_positions(labels)
         assert len(pos) == len(kinds) >= 8
@@ -44,14 +44,16 @@ def test_rows_carry_each_face_attributes_and_answers(features):
         # the answers are SynthFace's for this face, in its question order
         qa = make_qa(attrs, np.random.default_rng([3, 7, i]))
         assert answers == [t["a"].split()[0].lower() for t in qa]
-        assert kinds == [question_kind(t["q"]) for t in qa]
+        assert kinds == [question_kind(t["q"]) for t in qa] and row_cats == [t["category"] for t in qa]
 
 
 def test_majority_and_first_answer_positions_by_hand():
     labels = torch.tensor([IGNORE, IGNORE, 7, 2, IGNORE, 8, 2, IGNORE, 7, 9, 2])
     assert P.first_answer_positions(labels) == [2, 5, 8]
-    rows = [(None, labels, None, ["presence", "presence", "open"])]
-    assert P.majority(rows) == {"presence": 0.5, "open": 1.0}
+    # per (category, kind): glasses always 7 → 1 of 1; earrings 8 then 7 → 1 of 2; so presence 2 of 3
+    rows = [(None, labels, None, ["presence", "presence", "open"], ["glasses", "earrings", "hat"]),
+            (None, torch.tensor([IGNORE, 7, 2]), None, ["presence"], ["earrings"])]
+    assert P.majority(rows) == {"presence": pytest.approx(2 / 3), "open": 1.0}
 
 
 def test_end_to_end_writes_one_evaluation_per_eval_step(tmp_path):

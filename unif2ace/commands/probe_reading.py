@@ -56,7 +56,7 @@ class Words:
 
 
 def make_rows(cfg, seed: int, n: int, features: str, words: Words, image_tokens: int):
-    """``n`` faces of SynthFace ``seed`` → [(input_ids, labels, feature (N, D), kinds)]."""
+    """``n`` faces of SynthFace ``seed`` → [(input_ids, labels, feature (N, D), kinds, categories)]."""
     import torch
 
     from unif2ace.synthface.taxonomy import CATEGORIES, TAXONOMY, sample_face
@@ -91,7 +91,7 @@ def make_rows(cfg, seed: int, n: int, features: str, words: Words, image_tokens:
             codes = torch.randint(0, m.codebook_size, (image_tokens,),
                                   generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
         ids, labels = build_mmu(layout, codes, [(words(t["q"]), words(t["a"])) for t in qa], m.text_len)
-        rows.append((ids, labels, feat, [question_kind(t["q"]) for t in qa]))
+        rows.append((ids, labels, feat, [question_kind(t["q"]) for t in qa], [t["category"] for t in qa]))
     return rows
 
 
@@ -139,12 +139,17 @@ def evaluate(model, rows, key, layout, batch: int = 16) -> dict[str, float]:
 
 
 def majority(rows) -> dict[str, float]:
-    """Accuracy of always giving each kind's most frequent first answer token."""
-    answers: dict[str, Counter] = {k: Counter() for k in KINDS}
-    for _, labels, _, kinds in rows:
-        for kind, i in zip(kinds, first_answer_positions(labels)):
-            answers[kind][int(labels[i])] += 1
-    return {k: c.most_common(1)[0][1] / sum(c.values()) for k, c in answers.items() if c}
+    """Per kind, the accuracy of always giving the most frequent first answer token of each
+    (category, kind): what a model that ignores the face can reach (the evaluator's baseline)."""
+    answers: dict[tuple[str, str], Counter] = {}
+    for _, labels, _, kinds, cats in rows:
+        for kind, cat, i in zip(kinds, cats, first_answer_positions(labels)):
+            answers.setdefault((kind, cat), Counter())[int(labels[i])] += 1
+    hit, total = Counter(), Counter()
+    for (kind, _), c in answers.items():
+        hit[kind] += c.most_common(1)[0][1]
+        total[kind] += sum(c.values())
+    return {k: hit[k] / total[k] for k in KINDS if total[k]}
 
 
 def main(argv: list[str] | None = None) -> int:
