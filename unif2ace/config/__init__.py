@@ -92,12 +92,11 @@ class SeqMoEConfig:
     """Inner width of a feature expert's resampler (its cross-attention queries/keys/values)."""
     resampler_heads: int = 4
     """Attention heads of the feature resampler."""
-    feature_gate_init: float = 2.0
-    """Initial bias of each feature expert's gate [w, 1−w] = softmax(gate(x) + [−b, b]): it
-    starts at w = σ(−2b) ≈ 0.018 for b = 2, i.e. passing its feature. With b = 0 (w ≈ ½) the
-    normed hidden state, at unit scale, outweighs the still-small S(F); the gate learns to copy
-    x and shuts the feature out before it carries anything (measured: yes/no questions never
-    learnt, docs/design.md)."""
+    feature_gate_init: float = 0.0
+    """Initial bias of each feature expert's gate, [w, 1−w] = softmax(gate(x) + [−b, b]): w starts
+    at σ(−2b), ½ for b = 0 (the neutral gate), 0.018 for b = 2 (mostly the feature). With
+    features that name what to read, b = 2 learns yes/no questions much faster; on the built-in
+    run's CLIP patches it has not helped (docs/design.md §12)."""
     no_face: Literal["mask", "copy"] = "mask"
     """Sequences whose image had no detected face: mask = the router never picks the Face
     expert for them; copy = the Face expert reduces to Copy (E(x) = x) for them."""

@@ -57,10 +57,13 @@ class UniF2ace(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # A second pass, so a module's own init (e.g. a feature expert's gate bias) is not undone
-        # by the generic init of its children, which ``modules()`` visits after it.
-        for m in self.modules():
             if m is not self and hasattr(m, "init_weights") and callable(m.init_weights):
+                m.init_weights(self.cfg.init_std)
+        # ``modules()`` visits a module before its children, so the generic init above undoes what
+        # a module's own init set on a child (a feature expert's gate bias): those redo it last.
+        # (A separate pass, not a reordering, keeps the random draws of every weight as they were.)
+        for m in self.modules():
+            if getattr(m, "init_after_children", False):
                 m.init_weights(self.cfg.init_std)
 
     def forward(self, input_ids: torch.Tensor, task: torch.Tensor, features: dict | None = None,

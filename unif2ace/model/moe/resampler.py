@@ -46,9 +46,11 @@ class Resampler(nn.Module):
 class FeatureExpert(nn.Module):
     """E(x) = w·x + (1−w)·S(F), [w, 1−w] = softmax of a learned per-token gate.
 
-    The gate's bias starts at [−gate_init, gate_init], so the expert starts by passing its
-    feature (w = σ(−2·gate_init)); see ``SeqMoEConfig.feature_gate_init`` for why.
+    The gate's bias starts at [−gate_init, gate_init], so w starts at σ(−2·gate_init): ½ by
+    default, mostly the feature for gate_init > 0 (``SeqMoEConfig.feature_gate_init``).
     """
+
+    init_after_children = True  # its init sets the gate's bias (``UniF2ace.init_weights``)
 
     def __init__(self, hidden: int, feat_dim: int, dim: int, heads: int, gate_init: float = 0.0):
         super().__init__()
@@ -60,7 +62,7 @@ class FeatureExpert(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
-        """The gate's starting bias (its weights keep the model's generic init)."""
+        """The gate's starting bias (draws nothing: its weights keep the model's generic init)."""
         self.gate.bias.copy_(torch.tensor([-self.gate_init, self.gate_init]))
 
     def forward(self, h: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
