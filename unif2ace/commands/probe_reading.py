@@ -1,7 +1,7 @@
 """How fast can the recipe's transformer learn to *read* a face? A five-minute probe (a diagnostic).
 
     python tools/probe_reading.py --features tokens --steps 750
-    python tools/probe_reading.py --features tokens --set model.seq_moe.feature_gate_init=0
+    python tools/probe_reading.py --features tokens --set model.seq_moe.feature_gate_init=2
 
 SynthFace VQA rows whose image is replaced by features that state the answer outright, so
 that what is measured is only whether the transformer learns to use the question to pick
