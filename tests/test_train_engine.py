@@ -169,11 +169,13 @@ def test_lr_schedule_warms_up_linearly_then_cosine_to_min_ratio():
 # --------------------------------------------------------------------------- DeepSpeed, one process
 
 
-def test_zero_init_builds_partitioned_model_with_the_explicit_init(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["model.seq_moe.enabled=true", "model.seq_moe.feature_gate_init=2"]])
+def test_zero_init_builds_partitioned_model_with_the_explicit_init(tmp_path, extra):
+    # with the sequence MoE: a feature expert's gate bias, set on an already partitioned child
     E.init_distributed(60)
     import deepspeed
 
-    cfg = _cfg(tmp_path, "train.zero_init=true", "model.moe.enabled=true", "model.moe.expert_ffn=32")
+    cfg = _cfg(tmp_path, "train.zero_init=true", "model.moe.enabled=true", "model.moe.expert_ffn=32", *extra)
     ds = E.load_ds_config(ZERO3, cfg.train, 1, gpu=False)
     model = E.build_model(cfg, ds)
     assert all(hasattr(p, "ds_id") for p in model.parameters())  # built partitioned

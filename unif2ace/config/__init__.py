@@ -95,7 +95,7 @@ class SeqMoEConfig:
     feature_gate_init: float = 0.0
     """Initial bias of each feature expert's gate, [w, 1−w] = softmax(gate(x) + [−b, b]): w starts
     at σ(−2b), ½ for b = 0 (the neutral gate), 0.018 for b = 2 (mostly the feature). With
-    features that name what to read, b = 2 learns yes/no questions much faster; on the built-in
+    features that name what to read, b = 2 learns presence questions much faster; on the built-in
     run's CLIP patches it has not helped (docs/design.md §12)."""
     no_face: Literal["mask", "copy"] = "mask"
     """Sequences whose image had no detected face: mask = the router never picks the Face

@@ -424,7 +424,8 @@ def is_synthface_question(question: str) -> bool:
 
 
 def question_kind(question: str) -> str:
-    """"open", "presence" (is the attribute there at all) or "value" (does it have this value)."""
+    """The kind of a ``make_qa`` question: open, presence (is the attribute there at all) or value
+    (does it have this one value)."""
     try:
         return _QUESTIONS[question][1]
     except KeyError:

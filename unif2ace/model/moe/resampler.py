@@ -63,6 +63,8 @@ class FeatureExpert(nn.Module):
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
         """The gate's starting bias (draws nothing: its weights keep the model's generic init)."""
+        if self.gate.bias.numel() == 0:  # a partitioned placeholder (deepspeed.zero.Init): the
+            return                       # model's explicit init sets it once gathered
         self.gate.bias.copy_(torch.tensor([-self.gate_init, self.gate_init]))
 
     def forward(self, h: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
