@@ -7,7 +7,7 @@ SynthFace VQA rows whose image is replaced by features that state the answer out
 that what is measured is only whether the transformer learns to use the question to pick
 what to read. No image is rendered or tokenised and nothing is precomputed: the faces'
 attributes are sampled, their questions written by ``make_qa``, the words mapped to ids by a
-word vocabulary of their own. One process, torch AdamW, the library's model and MMU loss.
+word vocabulary of their own. One process, torch AdamW, the library's model, batches and loss.
 
 ``--features``
   tokens  one feature token per category (its category one-hot and its value one-hot) that
@@ -96,13 +96,14 @@ def make_rows(cfg, seed: int, n: int, features: str, words: Words, image_tokens:
 
 
 def collate(rows, key: str | None, pad_id: int):
+    """The library's MMU batch of ``rows`` (trimmed to the longest), with its features."""
     import torch
 
-    ids = torch.stack([r[0] for r in rows])
-    labels = torch.stack([r[1] for r in rows])
-    keep = int((ids != pad_id).any(0).nonzero().max()) + 1  # MMU rows are right-padded
-    feats = {key: torch.stack([r[2] for r in rows])} if key else {}
-    return ids[:, :keep], labels[:, :keep], feats
+    from unif2ace.tokens import TASK_MMU, collate as collate_rows
+
+    batch = collate_rows([r[:2] for r in rows], [TASK_MMU] * len(rows), trim_pad_id=pad_id)
+    batch.features = {key: torch.stack([r[2] for r in rows])} if key else {}
+    return batch
 
 
 def first_answer_positions(labels) -> list[int]:
@@ -117,16 +118,14 @@ def evaluate(model, rows, key, layout, batch: int = 16) -> dict[str, float]:
     """Teacher-forced accuracy of the first answer token, per kind."""
     import torch
 
-    from unif2ace.tokens import TASK_MMU
-
     hits: dict[str, list[bool]] = {k: [] for k in KINDS}
     was = model.training
     model.eval()
     with torch.no_grad():
         for s in range(0, len(rows), batch):
             part = rows[s:s + batch]
-            ids, labels, feats = collate(part, key, layout.pad_id)
-            logits = model(ids, torch.full((len(part),), TASK_MMU), feats).logits
+            bt = collate(part, key, layout.pad_id)
+            logits, labels = model(bt.input_ids, bt.task, bt.features).logits, bt.labels
             for b, row in enumerate(part):
                 pos = first_answer_positions(labels[b])
                 if len(pos) != len(row[3]):
@@ -177,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from unif2ace.config import load_config
-    from unif2ace.losses import mmu_loss
+    from unif2ace.losses import total_loss
     from unif2ace.model.unif2ace import UniF2ace
-    from unif2ace.tokens import TASK_MMU, TokenLayout
+    from unif2ace.tokens import TokenLayout
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -205,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, a.steps + 1):
         for g in opt.param_groups:
             g["lr"] = a.lr * min(1.0, step / max(a.warmup, 1))
-        ids, labels, feats = collate([train[i] for i in rng.integers(0, len(train), a.batch)], key, layout.pad_id)
-        out = model(ids, torch.full((len(ids),), TASK_MMU), feats)
-        loss = mmu_loss(out.logits, labels) + sum(out.aux_losses.values(), torch.zeros(()))
+        bt = collate([train[i] for i in rng.integers(0, len(train), a.batch)], key, layout.pad_id)
+        loss, _ = total_loss(model(bt.input_ids, bt.task, bt.features), bt, layout, cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -423,21 +423,22 @@ def is_synthface_question(question: str) -> bool:
     return question in _QUESTIONS
 
 
+def _lookup(question: str) -> tuple[str, str, str | None]:
+    try:
+        return _QUESTIONS[question]
+    except KeyError:
+        raise KeyError(f"not a SynthFace question: {question!r}") from None
+
+
 def question_kind(question: str) -> str:
     """The kind of a ``make_qa`` question: open, presence (is the attribute there at all) or value
     (does it have this one value)."""
-    try:
-        return _QUESTIONS[question][1]
-    except KeyError:
-        raise KeyError(f"not a SynthFace question: {question!r}") from None
+    return _lookup(question)[1]
 
 
 def answer_from_attributes(question: str, attrs: dict[str, str]) -> str:
     """The answer ``make_qa`` gives to ``question`` about a face with attributes ``attrs``."""
-    try:
-        cat, kind, value = _QUESTIONS[question]
-    except KeyError:
-        raise KeyError(f"not a SynthFace question: {question!r}") from None
+    cat, kind, value = _lookup(question)
     if kind == "open":
         return attrs[cat]
     if kind == "presence":
