@@ -107,7 +107,8 @@ def test_inputs_untouched_and_mode_restored(setup):
 
 MOE = {"token_moe": ["model.moe.enabled=true"], "seq_moe": ["model.seq_moe.enabled=true"],
        "both": ["model.moe.enabled=true", "model.seq_moe.enabled=true"],
-       "showo_mmu_mask": ["model.mmu_attention=showo"]}  # left pads stay hidden under it too
+       "showo_mmu_mask": ["model.mmu_attention=showo"],
+       "image_features": ["model.mmu_image_features=true"]}  # left pads stay hidden under it too
 
 
 @pytest.mark.parametrize("variant", list(MOE))
@@ -126,7 +127,7 @@ def test_kv_cache_equals_full_recompute_with_moe(variant):
     alone = [generate_answers(model, [p], cfg.sample, features={k: v[i:i + 1] for k, v in f1.items()}, **kw)[0]
              for i, p in enumerate(prompts)]
     assert kv == alone
-    if cfg.model.seq_moe.enabled:  # the CLIP / face experts are live: other features, other answers
+    if cfg.model.seq_moe.enabled or cfg.model.mmu_image_features:  # features are read: other features, other answers
         assert generate_answers(model, prompts, cfg.sample, features=f2, **kw) != kv
 
 

@@ -174,6 +174,12 @@ class ModelConfig:
     row of k turns trains exactly k single-turn examples sharing one image (docs/design.md §12).
     A single-turn row is the same under both, and so is decoding up to the answer's <eot>, where
     the decoder stops."""
+    mmu_image_features: bool = False
+    """Add a learnt map (LayerNorm + linear) of the cached CLIP feature to the image-token
+    embeddings of understanding rows, so self-attention reads the encoder's patches in every
+    layer beside the codes (Show-o's CLIP-ViT understanding input, kept additive). The feature
+    is the one the CLIP expert reads (``seq_moe.clip_tokens``, width ``seq_moe.clip_dim``);
+    generation rows are unchanged (docs/design.md §12)."""
     moe: TokenMoEConfig = field(default_factory=TokenMoEConfig)
     """Grouped token-level MoE."""
     seq_moe: SeqMoEConfig = field(default_factory=SeqMoEConfig)

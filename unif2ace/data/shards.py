@@ -192,9 +192,12 @@ def check_compatible(manifest: dict, model_cfg, shard_dir: str | os.PathLike,
         if have != want:
             problems.append(f"{key}: shards {have} vs model.{key} {want}")
     sm = getattr(model_cfg, "seq_moe", None)
-    if sm is not None and sm.enabled:
+    image_input = getattr(model_cfg, "mmu_image_features", False)
+    if sm is not None and (sm.enabled or image_input):
         shapes = manifest.get("feature_shapes", {})
-        used = set(sm.und_experts) | set(sm.gen_experts)
+        used = (set(sm.und_experts) | set(sm.gen_experts)) if sm.enabled else set()
+        if image_input:
+            used.add("clip")
         for name, dim in (("clip", sm.clip_dim), ("face", sm.face_dim), ("noise", sm.noise_dim)):
             key = sm.feature_key(name)
             if name in used and (key not in shapes or shapes[key][-1] != dim):

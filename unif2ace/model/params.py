@@ -20,6 +20,8 @@ def _component(name: str) -> str:
         return "embedding"
     if name.startswith("lm_head"):
         return "lm_head"
+    if name.startswith("image_input."):
+        return "image-feature input"
     if ".self_attn." in name:
         return "attention"
     if ".seq_moe." in name:

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from unif2ace.config import ModelConfig
 from unif2ace.model.block import Block
 from unif2ace.model.context import Context
+from unif2ace.model.image_input import ImageFeatureInput
 from unif2ace.tokens import TokenLayout, mmu_turn_positions, omni_attention_mask
 
 
@@ -44,6 +45,12 @@ class UniF2ace(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, v, bias=True)
+        # Registered last, and built under a forked RNG (``init_weights`` redraws its weights
+        # anyway), so turning it on leaves every other weight's random draw as it was.
+        self.image_input = None
+        if cfg.mmu_image_features:
+            with torch.random.fork_rng(devices=[]):
+                self.image_input = ImageFeatureInput(cfg)
         self.init_weights()
 
     @torch.no_grad()
@@ -84,7 +91,10 @@ class UniF2ace(nn.Module):
                 position_ids = torch.arange(l, device=input_ids.device).expand(b, l)
         token_mask = input_ids != self.layout.pad_id
         features = features or {}
-        x = self.embed_dropout(self.embed_tokens(input_ids))
+        x = self.embed_tokens(input_ids)
+        if self.image_input is not None:
+            x = self.image_input(x, input_ids, task, features)
+        x = self.embed_dropout(x)
         aux_losses: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
         new_cache = [] if (use_cache or cache is not None) else None
