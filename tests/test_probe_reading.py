@@ -74,3 +74,5 @@ def test_features_that_do_not_fit_or_have_no_reader_are_refused():
         P.main(["--features", "tokens", "--steps", "1", "--set", "model.seq_moe.clip_dim=16"])
     with pytest.raises(SystemExit, match="read by the CLIP expert"):
         P.main(["--features", "pooled", "--steps", "1", "--set", "model.seq_moe.enabled=false"])
+    with pytest.raises(SystemExit, match="no image"):  # the recipe's default is off for the probe, not overridable
+        P.main(["--features", "codes", "--steps", "1", "--set", "model.mmu_image_features=true"])
