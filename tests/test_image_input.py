@@ -79,6 +79,12 @@ def test_gradients_reach_the_map_and_bad_input_is_refused():
     out = on(b.input_ids, b.task, features={"clip_patches": torch.randn(2, 4, 8, generator=g)})
     out.logits[1].square().mean().backward()
     assert on.image_input.proj.weight.grad.abs().sum() > 0
+    # a batch of generation rows only: the map still gets a (zero) gradient, as ZeRO-1/2 needs
+    on.zero_grad()
+    t2i = collate([(b.input_ids[0], b.labels[0])], [0])
+    out = on(t2i.input_ids, t2i.task, features={"clip_patches": torch.randn(1, 4, 8, generator=g)})
+    out.logits.square().mean().backward()
+    assert on.image_input.proj.weight.grad is not None and not on.image_input.proj.weight.grad.any()
     with pytest.raises(ValueError, match="clip_patches"):
         on(b.input_ids, b.task, features={"clip": torch.randn(2, 8)})
     with pytest.raises(ValueError, match="whole image span"):

@@ -56,18 +56,17 @@ class ImageFeatureInput(nn.Module):
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor, task: torch.Tensor, features: dict) -> torch.Tensor:
         img = self.layout.is_image(input_ids) & (task == TASK_MMU).unsqueeze(1)
-        if not bool(img.any()):  # generation rows, or the text steps of cached decoding
-            return x
-        count = img.sum(1)
-        bad = (count != 0) & (count != self.num_image_tokens)
-        if bool(bad.any()):
-            raise ValueError(f"understanding row {int(bad.nonzero()[0])} holds {int(count[bad][0])} image tokens; "
-                             f"image features need the whole image span ({self.num_image_tokens})")
         if self.key not in features:
-            raise ValueError(f"model.mmu_image_features needs the cached feature {self.key!r} for understanding "
-                             f"rows; the batch has {sorted(features)}")
-        per_token = features_per_image_token(features[self.key].to(x.dtype), self.num_image_tokens)
-        add = self.proj(self.norm(per_token))                                  # (B, N, D)
-        slot = (img.long().cumsum(1) - 1).clamp(0, self.num_image_tokens - 1)  # k-th image token → grid cell k
-        add = torch.gather(add, 1, slot.unsqueeze(-1).expand(-1, -1, add.shape[-1]))
-        return x + add * img.unsqueeze(-1).to(x.dtype)
+            if bool(img.any()):
+                raise ValueError(f"model.mmu_image_features needs the cached feature {self.key!r} for understanding "
+                                 f"rows; the batch has {sorted(features)}")
+            return x  # e.g. generation at inference, where no features are passed
+        rows = img.any(1)
+        # Runs on zero rows too when a batch holds no understanding row: the map then gets zero
+        # gradients, not none, so every ZeRO-1/2 rank reduces the same set of gradients.
+        per_token = features_per_image_token(features[self.key][rows].to(x.dtype), self.num_image_tokens)
+        if int(img.sum()) != per_token.shape[0] * self.num_image_tokens:
+            raise ValueError(f"understanding rows hold {img.sum(1)[rows].tolist()} image tokens; image features "
+                             f"need the whole image span ({self.num_image_tokens}) in each")
+        add = self.proj(self.norm(per_token))  # (R, N, D), R rows with an image, codes in raster order
+        return x.index_put((img,), add.flatten(0, 1), accumulate=True)
