@@ -102,3 +102,46 @@ def test_shards_without_the_feature_are_refused_even_without_the_sequence_moe(tm
         check_compatible(manifest, cfg, tmp_path)
     manifest["feature_shapes"]["clip_patches"] = [4, 8]
     check_compatible(manifest, cfg, tmp_path)
+
+
+# --------------------------------------------------------------------------- model.image_positions
+
+
+def test_image_positions_add_one_learnt_vector_per_image_token_in_every_row():
+    torch.manual_seed(0)
+    off = UniF2ace(load_config("tiny").model).eval()
+    torch.manual_seed(0)
+    on = UniF2ace(load_config("tiny", ["model.image_positions=true"]).model).eval()
+    sd_off, sd_on = off.state_dict(), on.state_dict()
+    assert set(sd_on) - set(sd_off) == {"image_positions.table"}
+    assert all(torch.equal(sd_off[k], sd_on[k]) for k in sd_off)  # the same random draws
+    table = on.image_positions.table
+    assert table.std() > 0  # initialised, not left at zero
+    g = torch.Generator().manual_seed(1)
+    b = _rows(load_config("tiny"), g)
+    x = torch.randn(*b.input_ids.shape, on.cfg.hidden_size, generator=g)
+    y = on.image_positions(x, b.input_ids)
+    img = on.layout.is_image(b.input_ids)
+    for r in range(2):  # the T2I row (codes, no mask) and the MMU row: the k-th image token gets table[k]
+        torch.testing.assert_close(y[r][img[r]], x[r][img[r]] + table)
+        torch.testing.assert_close(y[r][~img[r]], x[r][~img[r]])
+    with torch.no_grad():
+        assert (on(b.input_ids, b.task).logits - off(b.input_ids, b.task).logits).abs().amax(-1).amax(-1).min() > 1e-3
+
+
+def test_image_positions_hold_for_masked_tokens_get_gradients_and_refuse_a_partial_span():
+    cfg = load_config("tiny", ["model.image_positions=true"])
+    on = UniF2ace(cfg.model).train()
+    from unif2ace.tokens import TokenLayout
+    m = cfg.model
+    L = TokenLayout.from_model_config(m)
+    codes = torch.randint(0, m.codebook_size, (m.num_image_tokens,))
+    masked = torch.arange(m.num_image_tokens) % 2 == 0  # [MASK] tokens are image positions too
+    b = collate([build_t2i(L, [5, 6], codes, masked, m.text_len)], [0])
+    x = torch.zeros(*b.input_ids.shape, m.hidden_size)
+    y = on.image_positions(x, b.input_ids)
+    assert torch.equal(y[0][L.is_image(b.input_ids[0])], on.image_positions.table.detach())
+    on(b.input_ids, b.task).logits.square().mean().backward()
+    assert on.image_positions.table.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="whole image span"):
+        on(b.input_ids[:, :-10], b.task)

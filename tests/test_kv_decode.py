@@ -108,7 +108,8 @@ def test_inputs_untouched_and_mode_restored(setup):
 MOE = {"token_moe": ["model.moe.enabled=true"], "seq_moe": ["model.seq_moe.enabled=true"],
        "both": ["model.moe.enabled=true", "model.seq_moe.enabled=true"],
        "showo_mmu_mask": ["model.mmu_attention=showo"],  # left pads stay hidden under it too
-       "image_features": ["model.mmu_image_features=true"]}  # image tokens found by id in left-padded prompts
+       "image_features": ["model.mmu_image_features=true"],  # image tokens found by id in left-padded prompts
+       "image_positions": ["model.image_positions=true"]}
 
 
 @pytest.mark.parametrize("variant", list(MOE))

@@ -170,7 +170,7 @@ def test_lr_schedule_warms_up_linearly_then_cosine_to_min_ratio():
 
 
 @pytest.mark.parametrize("extra", [[], ["model.seq_moe.enabled=true", "model.seq_moe.feature_gate_init=2",
-                                        "model.mmu_image_features=true"]])
+                                        "model.mmu_image_features=true", "model.image_positions=true"]])
 def test_zero_init_builds_partitioned_model_with_the_explicit_init(tmp_path, extra):
     # with the sequence MoE: a feature expert's gate bias, set on an already partitioned child
     E.init_distributed(60)

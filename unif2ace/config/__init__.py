@@ -180,6 +180,11 @@ class ModelConfig:
     layer beside the codes (Show-o's CLIP-ViT understanding input, kept additive). The feature
     is the one the CLIP expert reads (``seq_moe.clip_tokens``, width ``seq_moe.clip_dim``);
     generation rows are unchanged (docs/design.md §12)."""
+    image_positions: bool = False
+    """Add a learnt absolute position embedding (one vector per image token, raster order) to
+    the image span of every row, generation and understanding. Rotary attention gives only
+    relative positions, so without it a [MASK] token learns where it sits only through what it
+    attends to (docs/design.md §12)."""
     moe: TokenMoEConfig = field(default_factory=TokenMoEConfig)
     """Grouped token-level MoE."""
     seq_moe: SeqMoEConfig = field(default_factory=SeqMoEConfig)

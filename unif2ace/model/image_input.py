@@ -1,7 +1,9 @@
-"""Cached image features added to the image-token embeddings of understanding rows.
+"""What is added to the image-token embeddings: cached image features (understanding rows) and
+learnt absolute positions (every row).
 
     inp = ImageFeatureInput(cfg)                     # cfg: ModelConfig with mmu_image_features on
     x = inp(embed(input_ids), input_ids, task, features)
+    x = ImagePositions(cfg)(x, input_ids)            # cfg: ModelConfig with image_positions on
 
 Show-o's CLIP-ViT understanding variant puts an image encoder's patch features into the
 sequence, where self-attention reads them in every layer, instead of (only) handing them to a
@@ -9,6 +11,10 @@ side branch. Here a LayerNorm + linear map of the cached CLIP feature is *added*
 embeddings of the image span, so the discrete codes stay in the row and generation rows (whose
 image is the target) are untouched. A feature grid coarser than the code grid is repeated
 (nearest), a finer one averaged; a pooled feature (one vector) reaches every image token.
+
+Phi's rotary attention knows only relative positions, and every [MASK] token of a generation
+row has the same embedding; ``ImagePositions`` tells each image token where in the grid it sits,
+as MaskGIT's learnt position embedding does.
 """
 from __future__ import annotations
 
@@ -69,4 +75,27 @@ class ImageFeatureInput(nn.Module):
             raise ValueError(f"understanding rows hold {img.sum(1)[rows].tolist()} image tokens; image features "
                              f"need the whole image span ({self.num_image_tokens}) in each")
         add = self.proj(self.norm(per_token))  # (R, N, D), R rows with an image, codes in raster order
+        return x.index_put((img,), add.flatten(0, 1), accumulate=True)
+
+
+class ImagePositions(nn.Module):
+    """x + P[k] at the k-th image token (raster order) of every row that holds an image span."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.layout = TokenLayout.from_model_config(cfg)
+        self.num_image_tokens = cfg.num_image_tokens
+        self.table = nn.Parameter(torch.zeros(cfg.num_image_tokens, cfg.hidden_size))
+
+    def init_weights(self, std: float) -> None:
+        nn.init.normal_(self.table, std=std)
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        img = self.layout.is_image(input_ids)
+        counts = img.sum(1)
+        rows = counts > 0
+        if bool((counts[rows] != self.num_image_tokens).any()):
+            raise ValueError(f"rows hold {counts[rows].tolist()} image tokens; image positions need the "
+                             f"whole image span ({self.num_image_tokens}) in each")
+        add = self.table.to(x.dtype).expand(int(rows.sum()), -1, -1)
         return x.index_put((img,), add.flatten(0, 1), accumulate=True)

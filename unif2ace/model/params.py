@@ -22,6 +22,8 @@ def _component(name: str) -> str:
         return "lm_head"
     if name.startswith("image_input."):
         return "image-feature input"
+    if name.startswith("image_positions."):
+        return "image positions"
     if ".self_attn." in name:
         return "attention"
     if ".seq_moe." in name:

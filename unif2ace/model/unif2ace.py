@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from unif2ace.config import ModelConfig
 from unif2ace.model.block import Block
 from unif2ace.model.context import Context
-from unif2ace.model.image_input import ImageFeatureInput
+from unif2ace.model.image_input import ImageFeatureInput, ImagePositions
 from unif2ace.tokens import TokenLayout, mmu_turn_positions, omni_attention_mask
 
 
@@ -51,6 +51,10 @@ class UniF2ace(nn.Module):
         if cfg.mmu_image_features:
             with torch.random.fork_rng(devices=[]):
                 self.image_input = ImageFeatureInput(cfg)
+        self.image_positions = None
+        if cfg.image_positions:
+            with torch.random.fork_rng(devices=[]):
+                self.image_positions = ImagePositions(cfg)
         self.init_weights()
 
     @torch.no_grad()
@@ -94,6 +98,8 @@ class UniF2ace(nn.Module):
         x = self.embed_tokens(input_ids)
         if self.image_input is not None:
             x = self.image_input(x, input_ids, task, features)
+        if self.image_positions is not None:
+            x = self.image_positions(x, input_ids)
         x = self.embed_dropout(x)
         aux_losses: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] = {}
