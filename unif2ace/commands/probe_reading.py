@@ -183,12 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     # The probe's image span is not an image (a few codes, none of them a face's), so no image
-    # feature can be laid on it: the features reach the model through the CLIP expert only.
-    over = ["model.mmu_image_features=false", *a.set] + (["model.seq_moe.enabled=false"] if a.features == "codes" else [])
+    # feature can be laid on it: the features reach the model through the CLIP expert only. Nor
+    # is it the recipe's image grid, so the recipe's image positions do not fit it either.
+    over = ["model.mmu_image_features=false", "model.image_positions=false", *a.set] + (["model.seq_moe.enabled=false"] if a.features == "codes" else [])
     cfg = load_config(a.recipe, over)
     if cfg.model.mmu_image_features:
         raise SystemExit("model.mmu_image_features=true does not apply to the probe: its rows hold no image "
                          "for the features to be laid on")
+    if cfg.model.image_positions:
+        raise SystemExit("model.image_positions=true does not apply to the probe: its image span is a few codes, "
+                         "not the recipe's image grid")
     if a.features != "codes" and not (cfg.model.seq_moe.enabled and "clip" in cfg.model.seq_moe.und_experts):
         raise SystemExit(f"--features {a.features} is read by the CLIP expert: the recipe needs "
                          "model.seq_moe.enabled=true with clip among model.seq_moe.und_experts")
