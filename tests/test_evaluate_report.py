@@ -180,3 +180,16 @@ def test_vqa_references_skip_questions_synthface_does_not_ask(setup, tmp_path):
     m = evaluate(cfg, answer_fn=lambda ids, qs: ["yes"] * len(qs))
     assert "real_reference" not in m["understanding"] and "vqa" in m["understanding"]
     assert any("'Is this person a pilot?'" in n for n in m["notes"])
+
+
+def test_answer_after_scores_the_final_answer_and_keeps_the_whole_one(setup, tmp_path):
+    data, clf_dir, test = setup
+    # "<what the answer rests on>, <answer>": right only when the part after the comma is
+    table = {(m["id"], qa["q"]): f"because, {qa['a']}" for m in test for qa in m["qa"]}
+    cfg = _cfg(setup, tmp_path / "whole", num_understanding=4, image_control=0)
+    whole = evaluate(cfg, answer_fn=answers_from_table(table))["understanding"]
+    assert whole["vqa"]["overall"]["accuracy"] == 0.0
+    cut = evaluate(_cfg(setup, tmp_path / "cut", num_understanding=4, image_control=3, answer_after=","),
+                   answer_fn=answers_from_table(table))["understanding"]
+    assert cut["vqa"]["overall"]["accuracy"] == 1.0 and cut["image_control"]["own_image"] == 1.0
+    assert cut["examples"][0]["prediction"].startswith("because, ")  # the report shows what was said

@@ -48,9 +48,6 @@ def find_slots(shard_dir: Path, categories: set[str] | None = None) -> list[tupl
 
 def write_oracle(src: Path, out: Path, slots: list[tuple[str, str]], scale: float = 4.0) -> dict:
     """Write the copy (shard by shard, atomically) and its manifest; returns the manifest."""
-    import datasets
-    from tqdm import tqdm
-
     man = S.read_manifest(src)
     shapes = man["feature_shapes"]
     keys = [k for k in CLIP_KEYS if k in shapes]
@@ -63,36 +60,21 @@ def write_oracle(src: Path, out: Path, slots: list[tuple[str, str]], scale: floa
         raise SystemExit(f"{len(slots)} (category, value) pairs do not fit the {width}-wide CLIP feature; "
                          "keep fewer with --categories")
     index = {s: i for i, s in enumerate(slots)}
-    schema = S.shard_features(man["num_image_tokens"], man["codebook_size"], shapes)
-    out.mkdir(parents=True, exist_ok=True)
-    metas = []
-    for sh in tqdm(man["shards"], desc="oracle shards", unit="shard"):
-        ds = datasets.Dataset.from_file(str(src / sh["name"] / S.DATA_FILE))
-        table = ds.data.table
-        n = table.num_rows
+
+    def edit(cols: dict) -> dict:
+        n = len(cols["id"])
         onehot = np.zeros((n, width), np.float32)
-        for i, attrs in enumerate(_attributes(table)):
+        for i, attrs in enumerate(json.loads(a) if a else {} for a in cols["attributes"]):
             for c, v in attrs.items():
                 if (c, str(v)) in index:
                     onehot[i, index[(c, str(v))]] = scale
-        cols = {}
-        for name in schema:
-            if name in keys:
-                tokens = shapes[name][:-1]
-                cols[name] = np.broadcast_to(onehot.reshape(n, *[1] * len(tokens), width), (n, *shapes[name]))
-            elif name in shapes or name == "codes":
-                cols[name] = table.column(name).combine_chunks().values.to_numpy().reshape(n, -1)
-            elif name == "face_found":
-                cols[name] = table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
-            else:
-                cols[name] = table.column(name).to_pylist()
-        meta = {k: v for k, v in (S.read_shard_meta(src / sh["name"]) or {}).items()
-                if k not in ("files", "count", "name", "index")}
-        metas.append(S.write_shard(out, int(sh["name"].rsplit("-", 1)[1]), cols, schema, meta))
-    copy = dict(man, shards=[dict(sh, count=m["count"], files=m["files"]) for sh, m in zip(man["shards"], metas)],
-                oracle={"source": str(src), "features": keys, "scale": scale, "slots": [list(s) for s in slots]})
-    S.write_manifest(out, copy)
-    return copy
+        for name in keys:
+            tokens = shapes[name][:-1]
+            cols[name] = np.broadcast_to(onehot.reshape(n, *[1] * len(tokens), width), (n, *shapes[name]))
+        return cols
+
+    return S.copy_shards(src, out, edit, {"oracle": {"source": str(src), "features": keys, "scale": scale,
+                                                     "slots": [list(s) for s in slots]}}, desc="oracle shards")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,6 +179,43 @@ def write_manifest(shard_dir: str | os.PathLike, manifest: dict) -> None:
     atomic_write_text(Path(shard_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
+def copy_shards(src: str | os.PathLike, out: str | os.PathLike, edit, stamp: dict, desc: str = "shards") -> dict:
+    """Copy the shard directory ``src`` to ``out`` with ``edit`` applied to each shard's columns.
+
+    ``edit(columns) -> columns`` gets one shard's columns as ``write_shard`` takes them (numpy
+    arrays for codes and features, lists otherwise) and returns what to write; the schema stays
+    the source's. Shards are written one by one, each atomically, and the manifest last, with
+    ``stamp`` added under its own keys: the copy is only ever complete or absent as a whole.
+    """
+    import datasets
+    from tqdm import tqdm
+
+    src, out = Path(src), Path(out)
+    man = read_manifest(src)
+    shapes = man["feature_shapes"]
+    schema = shard_features(man["num_image_tokens"], man["codebook_size"], shapes)
+    out.mkdir(parents=True, exist_ok=True)
+    metas = []
+    for sh in tqdm(man["shards"], desc=desc, unit="shard"):
+        table = datasets.Dataset.from_file(str(src / sh["name"] / DATA_FILE)).data.table
+        n = table.num_rows
+        cols = {}
+        for name in schema:
+            if name in shapes or name == "codes":
+                cols[name] = table.column(name).combine_chunks().values.to_numpy().reshape(n, -1)
+            elif name == "face_found":
+                cols[name] = table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
+            else:
+                cols[name] = table.column(name).to_pylist()
+        meta = {k: v for k, v in (read_shard_meta(src / sh["name"]) or {}).items()
+                if k not in ("files", "count", "name", "index")}
+        metas.append(write_shard(out, int(sh["name"].rsplit("-", 1)[1]), edit(cols), schema, meta))
+    copy = dict(man, shards=[dict(sh, count=m["count"], files=m["files"]) for sh, m in zip(man["shards"], metas)],
+                **stamp)
+    write_manifest(out, copy)
+    return copy
+
+
 def check_compatible(manifest: dict, model_cfg, shard_dir: str | os.PathLike,
                      expect_hashes: dict[str, str] | None = None) -> None:
     """Raise ShardError naming ``shard_dir`` and every mismatch between shards and model / caller."""

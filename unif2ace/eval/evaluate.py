@@ -61,6 +61,10 @@ class EvalConfig:
     """Faces (the first of those evaluated) whose VQA questions are asked again with the next
     face's image and features: the accuracy drop is what the answers take from the face itself
     (0 = off)."""
+    answer_after: str = ""
+    """Score only the text after the last occurrence of this separator in each VQA answer ('' =
+    the whole answer): for models trained to state what an answer rests on before it
+    ("earrings, yes"). The report's examples keep the whole answer."""
     caption_prompt: str = "Describe this face in detail."
     """Question that asks for a caption (one of tokenizers.text.CAPTION_PROMPTS)."""
     batch_size: int = 16
@@ -73,6 +77,11 @@ class EvalConfig:
     """Rows in the answers and generation grids."""
     checkpoint: str = ""
     """Shown in the report only (the model is reached through the callables)."""
+
+
+def final_answer(text: str, after: str) -> str:
+    """The part of ``text`` after the last ``after`` (all of it when ``after`` is '' or absent)."""
+    return text.rsplit(after, 1)[-1].strip() if after else text
 
 
 def _chunks(n: int, size: int):
@@ -146,14 +155,15 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
     ids = [recs[o].id for o in owner]
     qs, golds, cats = [qa.question for qa in pairs], [qa.answer for qa in pairs], [qa.category for qa in pairs]
     kinds = [kind_of[(o, q)] for o, q in zip(owner, qs)]
-    preds = _call_answers(answer_fn, ids, qs, cfg.batch_size)
+    raw = _call_answers(answer_fn, ids, qs, cfg.batch_size)
+    preds = [final_answer(p, cfg.answer_after) for p in raw]
     vqa = M.vqa_scores(preds, golds, cats, kinds, num_values)
     refs = {}
     n_ctl = min(cfg.image_control, len(recs))
     if n_ctl >= 2:
         sel = [i for i, o in enumerate(owner) if o < n_ctl]
-        other = _call_answers(answer_fn, [recs[(owner[i] + 1) % n_ctl].id for i in sel], [qs[i] for i in sel],
-                              cfg.batch_size)
+        other = [final_answer(p, cfg.answer_after) for p in _call_answers(
+            answer_fn, [recs[(owner[i] + 1) % n_ctl].id for i in sel], [qs[i] for i in sel], cfg.batch_size)]
         score = [M.vqa_scores(p, [golds[i] for i in sel], [cats[i] for i in sel], [kinds[i] for i in sel],
                               num_values)["overall"]["accuracy"] for p in ([preds[i] for i in sel], other)]
         refs["image_control"] = {"faces": n_ctl, "questions": len(sel), "own_image": score[0],
@@ -192,7 +202,7 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
         save_png(answer_grid([_open(r.image) for r in recs[:rows]], per_face, captions=captions[:rows]),
                  out / "answers.png")
     examples = [{"id": recs[o].id, "question": q, "prediction": p, "gold": g}
-                for o, q, p, g in list(zip(owner, qs, preds, golds))[:50]]
+                for o, q, p, g in list(zip(owner, qs, raw, golds))[:50]]
     return {"vqa": vqa, **refs, "caption": cap, "examples": examples,
             "caption_examples": [{"id": r.id, "prediction": c, "reference": r.caption}
                                  for r, c in list(zip(recs, captions))[:10]]}
