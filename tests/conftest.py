@@ -20,8 +20,6 @@ def tiny_shards(tmp_path_factory):
     `tiny` recipe, through the real precompute tool. Shared by every test that needs data."""
     import torch
 
-    from unif2ace.commands import precompute_tokens
-
     from unif2ace import synthface
     from unif2ace.data.sources import SourceConfig, load_records, texts_for_tokenizer
     from unif2ace.tokenizers.magvit import MagvitConfig, MagvitV2
@@ -33,13 +31,25 @@ def tiny_shards(tmp_path_factory):
     MagvitV2(MagvitConfig.tiny()).save_pretrained(root / "magvit")  # 32 px → 16 codes of 6 bits, like `tiny`
     train_sentencepiece(texts_for_tokenizer(load_records(SourceConfig(root=str(root / "data")))),
                         root / "spm.model", vocab_size=512)
-    rc = precompute_tokens.main(["--data", str(root / "data"), "--out", str(root / "shards"), "--image-tokenizer",
-                                 str(root / "magvit"), "--text-tokenizer", str(root / "spm.model"), "--recipe", "tiny",
-                                 "--workers", "1", "--no-progress", "--feature", "clip.model=UniF2ace-Tiny-CLIP",
-                                 "--feature", "clip.fallback=random-init", "--feature", "face.mode=aligned",
-                                 "--feature", "face.fallback=none"])
-    assert rc == 0
+    assert precompute_tiny(root, root / "shards") == 0
     return root / "shards"
+
+
+def precompute_tiny(root, out, *extra: str) -> int:
+    """tools/precompute_tokens.py on ``tiny_shards``' faces and tokenizers (``root``), into ``out``."""
+    from unif2ace.commands import precompute_tokens
+
+    return precompute_tokens.main(["--data", str(root / "data"), "--out", str(out), "--image-tokenizer",
+                                   str(root / "magvit"), "--text-tokenizer", str(root / "spm.model"), "--recipe", "tiny",
+                                   "--workers", "1", "--no-progress", "--feature", "clip.model=UniF2ace-Tiny-CLIP",
+                                   "--feature", "clip.fallback=random-init", "--feature", "face.mode=aligned",
+                                   "--feature", "face.fallback=none", *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_precompute(tiny_shards):
+    """Precompute ``tiny_shards``' faces again with extra flags: ``tiny_precompute(out, "--flag")``."""
+    return lambda out, *extra: precompute_tiny(tiny_shards.parent, out, *extra)
 
 
 @pytest.fixture(autouse=True, scope="session")

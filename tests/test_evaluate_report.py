@@ -193,3 +193,4 @@ def test_answer_after_scores_the_final_answer_and_keeps_the_whole_one(setup, tmp
                    answer_fn=answers_from_table(table))["understanding"]
     assert cut["vqa"]["overall"]["accuracy"] == 1.0 and cut["image_control"]["own_image"] == 1.0
     assert cut["examples"][0]["prediction"].startswith("because, ")  # the report shows what was said
+    assert "VQA scores the part of each answer after its last ','" in (tmp_path / "cut" / "report.md").read_text()

@@ -81,3 +81,40 @@ def test_errors(tiny_shards, tmp_path):
                         vocab_size=300)
     with pytest.raises(SystemExit, match="not the text tokenizer"):
         grounded_answers.main(["--shards", str(tiny_shards), "--out", str(tmp_path / "x"), "--text-tokenizer", str(other)])
+
+
+def test_precompute_grounded_answers_equal_the_copy_and_evaluation_scores_the_verdict(tiny_shards, tiny_precompute,
+                                                                                      tmp_path):
+    import torch
+
+    from unif2ace.checkpoint.hf_io import save_pretrained
+    from unif2ace.eval.checkpoint import model_callables
+    from unif2ace.model.unif2ace import UniF2ace
+
+    assert tiny_precompute(tmp_path / "pre", "--grounded-answers") == 0
+    assert grounded_answers.main(["--shards", str(tiny_shards), "--out", str(tmp_path / "copy")]) == 0
+    pre, copy = _rows(tmp_path / "pre"), _rows(tmp_path / "copy")
+    assert [r["qa_answer_ids"] for r in pre] == [r["qa_answer_ids"] for r in copy]  # two ways, one answer
+    assert [r["codes"] for r in pre] == [r["codes"] for r in copy]
+    assert S.read_manifest(tmp_path / "pre")["answer_separator"] == ","
+    assert "answer_separator" not in S.read_manifest(tiny_shards)
+    # evaluation takes the separator from the shards the model was trained on
+    for shards, sep in ((tmp_path / "pre", ","), (tiny_shards, "")):
+        cfg = load_config("tiny", [f"data.shards={shards}", "sample.max_new_tokens=3"])
+        torch.manual_seed(0)
+        save_pretrained(UniF2ace(cfg.model), cfg, tmp_path / f"model{len(sep)}")
+        _, answer_fn, _ = model_callables(str(tmp_path / f"model{len(sep)}"), str(tiny_shards))
+        assert answer_fn.answer_separator == sep
+
+
+def test_precompute_grounded_answers_need_the_attribute(tiny_shards, tiny_precompute, tmp_path, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_shards.parent / "data", data)
+    meta = [json.loads(x) for x in (data / "metadata.jsonl").read_text().splitlines()]
+    cat = next(qa["category"] for qa in meta[0]["qa"] if qa["a"] in ("yes", "no"))
+    del meta[0]["attributes"][cat]
+    (data / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta))
+    assert tiny_precompute(tmp_path / "out", "--data", str(data), "--grounded-answers") != 0  # the shard fails
+    assert "00000000.png: grounded_answers needs the attribute" in caplog.text and f"no '{cat}' attribute" in caplog.text

@@ -40,6 +40,7 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse_with_extras(EvalConfig, argv, __doc__, required=("checkpoint", "data", "out"), extras=_run_flags)
     generate_fn, answer_fn, decode_fn = model_callables(cfg.checkpoint, a.shards, a.device, a.seed)
+    cfg.answer_after = cfg.answer_after or answer_fn.answer_separator  # grounded answers: score the verdict
     m = evaluate(cfg, None if a.skip_generation else generate_fn, None if a.skip_understanding else answer_fn,
                  decode_fn)
     u = m.get("understanding", {})

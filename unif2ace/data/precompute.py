@@ -34,6 +34,7 @@ from unif2ace.atomic import atomic_write_text
 from unif2ace.data import shards as S
 from unif2ace.data.sources import BadInput, Record, SourceConfig, fit_square, load_records, open_image
 from unif2ace.data.spec import SourceSpec, load_spec_records
+from unif2ace.synthface.text import GROUNDED_SEPARATOR, grounded_answer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ class PrecomputeConfig:
     """Skip records with an empty caption; False keeps them for VQA only (if they have QA)."""
     limit: int = 0
     """Use only the first N records (0 = all); for trials."""
+    grounded_answers: bool = False
+    """Write each yes/no answer with the attribute it rests on first ("earrings, yes", "none, no";
+    ``synthface.grounded_answer``), from the record's attributes: the first answer word is then
+    specific to the category, as an open answer's is, which the model learns to read much
+    sooner than a bare yes / no (docs/design.md §12). The manifest names the separator, and
+    ``launchers/evaluate.py`` scores only the verdict after it."""
     command: str = ""
     """The command line that made the shards, kept in the manifest so that an error about a
     damaged shard can say exactly how to rebuild it."""
@@ -210,7 +217,7 @@ def process_shard(cfg: PrecomputeConfig, models: _Models, index: int, records: l
                     cols["caption"].append(rec.caption.strip())
                     cols["caption_ids"].append(tok.encode(rec.caption.strip()) if rec.caption.strip() else [])
                     cols["qa_question_ids"].append([tok.encode_question(qa.question) for qa in rec.qa])
-                    cols["qa_answer_ids"].append([tok.encode_answer(qa.answer) for qa in rec.qa])
+                    cols["qa_answer_ids"].append([tok.encode_answer(_answer(qa, rec, cfg)) for qa in rec.qa])
                     cols["qa_category"].append([qa.category for qa in rec.qa])
                     cols["attributes"].append(json.dumps(rec.attributes, sort_keys=True, default=str))
         if progress:
@@ -228,6 +235,16 @@ def process_shard(cfg: PrecomputeConfig, models: _Models, index: int, records: l
     features = S.shard_features(n_tokens, codebook, feature_shapes)
     meta = {"plan_hash": plan_hash, "records": len(records), "bad": report}
     return S.write_shard(cfg.out, index, columns, features, meta)
+
+
+def _answer(qa, rec: Record, cfg: PrecomputeConfig) -> str:
+    if not cfg.grounded_answers or qa.answer.strip() not in ("yes", "no"):
+        return qa.answer
+    if qa.category not in rec.attributes:
+        raise ValueError(f"{rec.where}: grounded_answers needs the attribute each yes/no answer rests on, "
+                         f"but the record has no {qa.category or '(no category)'!r} attribute "
+                         f"(question {qa.question!r}); precompute without grounded_answers")
+    return grounded_answer(qa.answer.strip(), qa.category, rec.attributes)
 
 
 # --------------------------------------------------------------------------- the run
@@ -267,7 +284,8 @@ def _header(cfg: PrecomputeConfig, models: _Models, n_tokens: int, shapes: dict,
         feature_config=dataclasses.asdict(models.encoders.cfg), source=dataclasses.asdict(source),
         plan={"records_hash": records_hash, "num_records": num_records, "shard_size": cfg.shard_size,
               "split": cfg.split, "limit": cfg.limit, "image_size": cfg.image_size,
-              "min_image_size": cfg.min_image_size, "require_caption": cfg.require_caption})
+              "min_image_size": cfg.min_image_size, "require_caption": cfg.require_caption},
+        **({"answer_separator": GROUNDED_SEPARATOR} if cfg.grounded_answers else {}))
 
 
 # Header keys that must agree between a resumed run and the shards already on disk.
@@ -337,6 +355,8 @@ def run(cfg: PrecomputeConfig, source: SourceConfig | SourceSpec, feature_cfg, p
     plan = [records[i:i + cfg.shard_size] for i in range(0, len(records), cfg.shard_size)]
     opts = {"shard_size": cfg.shard_size, "image_size": cfg.image_size, "min_image_size": cfg.min_image_size,
             "require_caption": cfg.require_caption}
+    if cfg.grounded_answers:  # only when on, so that shards written before the option keep their hashes
+        opts["grounded_answers"] = True
     plan_hashes = [_plan_hash([r.id for r in p], opts) for p in plan]
     records_hash = _plan_hash(plan_hashes, {})
 

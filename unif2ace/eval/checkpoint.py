@@ -21,6 +21,8 @@ def model_callables(checkpoint: str, shards: str | None = None, device: str = "c
     the checkpoint's ``sample`` settings, one seeded generator across calls (``seed`` defaults to
     ``sample.seed``), and decodes the codes with the image tokenizer; ``decode_fn`` decodes faces
     from their own shard codes (what the image tokenizer lets any generator reach).
+    ``answer_fn.answer_separator`` is the separator the model's training shards wrote between
+    a grounded answer and its verdict ('' when they did not; ``EvalConfig.answer_after``).
     """
     import torch
 
@@ -48,6 +50,10 @@ def model_callables(checkpoint: str, shards: str | None = None, device: str = "c
         prompts = mmu_prompts(model.layout, codes, [assets.text.encode_question(q) for q in questions])
         out = generate_answers(model, prompts, cfg.sample, features=feats)
         return [assets.text.decode(o).strip() for o in out]
+
+    trained_on = Path(cfg.data.shards)
+    manifest = S.read_manifest(trained_on) if (trained_on / S.MANIFEST).is_file() else assets.manifest
+    answer_fn.answer_separator = manifest.get("answer_separator", "")
 
     def generate_fn(prompts: list[str]) -> list:
         codes = generate_codes(model, [assets.text.encode(p) for p in prompts], cfg.sample, generator=gen)

@@ -64,7 +64,9 @@ class EvalConfig:
     answer_after: str = ""
     """Score only the text after the last occurrence of this separator in each VQA answer ('' =
     the whole answer): for models trained to state what an answer rests on before it
-    ("earrings, yes"). The report's examples keep the whole answer."""
+    ("earrings, yes"). The report's examples keep the whole answer. ``launchers/evaluate.py``
+    takes it from the manifest of the shards the model was trained on (precompute
+    ``--grounded-answers``) when not given."""
     caption_prompt: str = "Describe this face in detail."
     """Question that asks for a caption (one of tokenizers.text.CAPTION_PROMPTS)."""
     batch_size: int = 16
@@ -157,6 +159,9 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
     kinds = [kind_of[(o, q)] for o, q in zip(owner, qs)]
     raw = _call_answers(answer_fn, ids, qs, cfg.batch_size)
     preds = [final_answer(p, cfg.answer_after) for p in raw]
+    if cfg.answer_after:
+        notes.append(f"VQA scores the part of each answer after its last {cfg.answer_after!r} (the model states "
+                     f"what a yes/no answer rests on first: \"earrings{cfg.answer_after} yes\" is scored as \"yes\").")
     vqa = M.vqa_scores(preds, golds, cats, kinds, num_values)
     refs = {}
     n_ctl = min(cfg.image_control, len(recs))
