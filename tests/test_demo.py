@@ -34,11 +34,8 @@ def test_demo_end_to_end_and_resume(tmp_path):
     for ev in ("eval", "eval_unseen"):
         metrics = json.loads((out / ev / "metrics.json").read_text())
         assert metrics["understanding"] and metrics["generation"]
-        # yes/no answers are trained grounded ("earrings, yes"), and only the verdict is scored
-        assert any("after its last ','" in n for n in metrics["notes"])
     manifest = json.loads((out / "shards_unseen" / "manifest.json").read_text())
     assert manifest["feature_shapes"]["clip_patches"] == [64, 128]  # the run's own CLIP, patch tokens
-    assert manifest["answer_separator"] == ","
     # the unseen seed renders other faces: no image of it is byte-equal to a training image
     unseen = {(out / "data_unseen" / json.loads(x)["file"]).read_bytes()
               for x in (out / "data_unseen" / "metadata.jsonl").read_text().splitlines()}

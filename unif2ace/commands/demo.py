@@ -13,8 +13,7 @@ on re-run, so an interrupted demo resumes; steps of one stage run side by side o
            tools/train_image_tokenizer.py       MAGVIT-v2 / LFQ, 64 px → 16×16 codes of 8 bits
            tools/train_clip.py                  open_clip ViT + contrastive loss → CLIP patch tokens
            tools/train_face_recognizer.py       ArcFace-loss identity CNN → insightface ONNX
- prepare   tools/precompute_tokens.py (×2)      codes, text ids, CLIP / face / noise features → shards;
-                                                yes/no answers grounded ("earrings, yes", "none, no")
+ prepare   tools/precompute_tokens.py (×2)      codes, text ids, CLIP / face / noise features → shards
            tools/train_attribute_classifier.py  the independent judge of generated faces: only with
                                                 --retrain-encoders (in the background from here into
                                                 training), else assets/synthface/classifier is copied
@@ -218,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                          "partitioned weights, and ZeRO-3's per-layer gathers make a CPU step ~1.2x slower "
                          "(benchmarks/bench_zero_stage.py)")
     ap.add_argument("--procs", type=int, default=2, help="training processes (DeepSpeed on CPU)")
-    ap.add_argument("--grounded-answers", action=argparse.BooleanOptionalAction, default=True,
-                    help="train yes/no answers with the attribute they rest on first (precompute --grounded-answers; "
-                         "docs/design.md §12)")
+    ap.add_argument("--grounded-answers", action="store_true",
+                    help="train yes/no answers with the attribute they rest on first, 'earrings, yes' (precompute "
+                         "--grounded-answers; off: at the demo's budget it measured no gain, docs/design.md §12)")
     ap.add_argument("--num-eval", type=int, default=64, help="faces / prompts per evaluation")
     ap.add_argument("--fresh", action="store_true", help="delete OUT first")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for training (synthface recipe)")

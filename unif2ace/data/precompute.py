@@ -72,8 +72,8 @@ class PrecomputeConfig:
     grounded_answers: bool = False
     """Write each yes/no answer with the attribute it rests on first ("earrings, yes", "none, no";
     ``synthface.grounded_answer``), from the record's attributes: the first answer word is then
-    specific to the category, as an open answer's is, which the model learns to read much
-    sooner than a bare yes / no (docs/design.md §12). The manifest names the separator, and
+    specific to the category, as an open answer's is; with a few thousand understanding rows
+    the yes/no questions then leave their answer prior (docs/design.md §12). The manifest names the separator, and
     ``launchers/evaluate.py`` scores only the verdict after it."""
     command: str = ""
     """The command line that made the shards, kept in the manifest so that an error about a
