@@ -11,9 +11,8 @@ from unif2ace.commands import grounded_answers
 from unif2ace.config import DataConfig, load_config
 from unif2ace.data import shards as S
 from unif2ace.data.loader import ShardLoader
-from unif2ace.synthface import grounded_answer
 from unif2ace.synthface.text import question_kind
-from unif2ace.tokenizers.text import TextTokenizer
+from unif2ace.tokenizers.text import TextTokenizer, grounded_answer
 
 
 def _rows(shard_dir):

@@ -8,7 +8,7 @@ SynthFace's yes/no questions stay at their answer prior where its open ones are 
 (docs/design.md §12): an open answer word belongs to one category, so its logit can add what
 the features say to the question's prior, while "yes" must depend on the question *times* the
 features. In the copy a yes/no answer names the face's attribute first ("earrings, yes",
-"none, no", "black, no" to "Is the person's hair blonde?"; ``synthface.grounded_answer``),
+"none, no", "black, no" to "Is the person's hair blonde?"; ``tokenizers.text.grounded_answer``),
 so its first word is category-specific like an open answer's and the verdict follows from
 it. Evaluate the model with ``--answer-after ,`` so that only the verdict is scored; the
 evaluation shards need no copy (their answers are not read). Everything but the yes/no
@@ -28,8 +28,7 @@ SEPARATOR = ","
 
 def write_grounded(src: Path, out: Path, text_tokenizer: str = "") -> dict:
     """Write the copy (shard by shard, atomically) and its manifest; returns the manifest."""
-    from unif2ace.synthface import grounded_answer
-    from unif2ace.tokenizers.text import TextTokenizer
+    from unif2ace.tokenizers.text import TextTokenizer, grounded_answer
 
     man = S.read_manifest(src)
     path = text_tokenizer or man.get("text_tokenizer", {}).get("source", "")

@@ -34,7 +34,7 @@ from unif2ace.atomic import atomic_write_text
 from unif2ace.data import shards as S
 from unif2ace.data.sources import BadInput, Record, SourceConfig, fit_square, load_records, open_image
 from unif2ace.data.spec import SourceSpec, load_spec_records
-from unif2ace.synthface.text import GROUNDED_SEPARATOR, grounded_answer
+from unif2ace.tokenizers.text import GROUNDED_SEPARATOR, grounded_answer
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class PrecomputeConfig:
     """Use only the first N records (0 = all); for trials."""
     grounded_answers: bool = False
     """Write each yes/no answer with the attribute it rests on first ("earrings, yes", "none, no";
-    ``synthface.grounded_answer``), from the record's attributes: the first answer word is then
+    ``tokenizers.text.grounded_answer``), from the record's attributes: the first answer word is then
     specific to the category, as an open answer's is; with a few thousand understanding rows
     the yes/no questions then leave their answer prior (docs/design.md §12). The manifest names the separator, and
     ``launchers/evaluate.py`` scores only the verdict after it."""

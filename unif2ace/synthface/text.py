@@ -436,26 +436,6 @@ def question_kind(question: str) -> str:
     return _lookup(question)[1]
 
 
-GROUNDED_SEPARATOR = ","
-"""Between what a grounded answer rests on and its verdict (evaluation scores what follows it)."""
-
-
-def grounded_answer(answer: str, category: str, attrs: dict[str, str]) -> str:
-    """A yes/no ``answer`` about ``category`` preceded by the attribute it rests on.
-
-    "earrings, yes" / "none, no" for a presence question, "round, yes" for one about glasses,
-    "black, no" for "Is the person's hair blonde?" (the face's value, then the verdict). The
-    first word is then specific to the category, like an open answer's; ``tools/grounded_answers.py``
-    writes training answers this way
-    (``precompute_tokens.py --grounded-answers``). Open answers come back unchanged.
-    """
-    if answer not in ("yes", "no"):
-        return answer
-    v = attrs[category]
-    said = "none" if v in ("none", "no") else category.replace("_", " ") if v == "yes" else v
-    return f"{said}{GROUNDED_SEPARATOR} {answer}"
-
-
 def answer_from_attributes(question: str, attrs: dict[str, str]) -> str:
     """The answer ``make_qa`` gives to ``question`` about a face with attributes ``attrs``."""
     cat, kind, value = _lookup(question)

@@ -27,6 +27,26 @@ QUESTION_TEMPLATE = "USER: {q} ASSISTANT:"
 """How a question is written before tokenizing (training shards and MMU inference must agree)."""
 ANSWER_TEMPLATE = " {a}"
 """How an answer is written before tokenizing (it follows the question's ``ASSISTANT:``)."""
+GROUNDED_SEPARATOR = ","
+"""Between what a grounded answer rests on and its verdict (evaluation scores what follows it)."""
+
+
+def grounded_answer(answer: str, category: str, attrs: dict[str, str]) -> str:
+    """A yes/no ``answer`` about ``category`` preceded by the attribute it rests on.
+
+    "earrings, yes" / "none, no" for a presence question, "round, yes" for one about glasses,
+    "black, no" for "Is the person's hair blonde?" (the face's value, then the verdict). The
+    first word is then specific to the category, like an open answer's; ``precompute_tokens.py
+    --grounded-answers`` and ``tools/grounded_answers.py`` write training answers this way.
+    Open answers come back unchanged.
+    """
+    if answer not in ("yes", "no"):
+        return answer
+    v = attrs[category]
+    said = "none" if v in ("none", "no") else category.replace("_", " ") if v == "yes" else v
+    return f"{said}{GROUNDED_SEPARATOR} {answer}"
+
+
 CAPTION_PROMPTS = (
     "Describe this face in detail.",
     "Write a detailed caption of this person's face.",
