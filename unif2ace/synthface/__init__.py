@@ -29,8 +29,8 @@ from .render import render_face
 from .taxonomy import (CATEGORIES, IDENTITY_CATEGORIES, TAXONOMY, Category, Face, chance_level,
                        hidden_categories, sample_face, sample_geometry, sample_identity, split_of,
                        taxonomy_json, validate_attributes)
-from .text import (NOUN_GROUPS, PHRASES, answer_from_attributes, attributes_in_text,
-                   is_synthface_question, make_caption, make_qa)
+from .text import (NOUN_GROUPS, PHRASES, answer_from_attributes, attributes_in_text, is_synthface_question,
+                   make_caption, make_qa)
 
 __all__ = [
     "CATEGORIES", "IDENTITY_CATEGORIES", "NOUN_GROUPS", "PHRASES", "TAXONOMY", "Category", "Face",
