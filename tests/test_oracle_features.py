@@ -57,7 +57,7 @@ def test_categories_slots_from_and_errors(tiny_shards, tmp_path):
     assert all(int((row > 0).sum()) == 2 for v in views for row in v.features["clip"])
     with pytest.raises(SystemExit, match="already holds shards"):
         oracle_features.main(["--shards", str(tiny_shards), "--out", str(out)])
-    with pytest.raises(SystemExit, match="must differ"):
+    with pytest.raises(SystemExit, match="other than its source"):
         oracle_features.main(["--shards", str(tiny_shards), "--out", str(tiny_shards)])
     with pytest.raises(SystemExit, match="do not fit the 512-wide CLIP feature"):
         oracle_features.write_oracle(tiny_shards, tmp_path / "wide", [("c", str(i)) for i in range(513)])

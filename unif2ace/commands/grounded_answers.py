@@ -74,11 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-tokenizer", default="", help="the shards' text tokenizer (default: the one the manifest names)")
     a = p.parse_args(argv)
     src, out = Path(a.shards), Path(a.out)
-    if out.resolve() == src.resolve():
-        raise SystemExit("--out must differ from --shards (the source is read while the copy is written)")
-    if (out / S.MANIFEST).exists():
-        raise SystemExit(f"{out} already holds shards; give a new directory")
-    man = write_grounded(src, out, a.text_tokenizer)
+    try:
+        man = write_grounded(src, out, a.text_tokenizer)
+    except S.ShardError as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps({"out": str(out), "samples": sum(s["count"] for s in man["shards"]), **man["grounded_answers"]}))
     return 0
 

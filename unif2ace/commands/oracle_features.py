@@ -87,13 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=4.0, help="value at a sample's slots (default 4)")
     a = p.parse_args(argv)
     src, out = Path(a.shards), Path(a.out)
-    if out.resolve() == src.resolve():
-        raise SystemExit("--out must differ from --shards (the source is read while the copy is written)")
-    if (out / S.MANIFEST).exists():
-        raise SystemExit(f"{out} already holds shards; give a new directory")
     cats = {c.strip() for c in a.categories.split(",") if c.strip()} or None
     slots = find_slots(Path(a.slots_from) if a.slots_from else src, cats)
-    man = write_oracle(src, out, slots, a.scale)
+    try:
+        man = write_oracle(src, out, slots, a.scale)
+    except S.ShardError as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps({"out": str(out), "samples": sum(s["count"] for s in man["shards"]), "slots": len(slots),
                       "features": man["oracle"]["features"]}))
     return 0

@@ -186,11 +186,17 @@ def copy_shards(src: str | os.PathLike, out: str | os.PathLike, edit, stamp: dic
     arrays for codes and features, lists otherwise) and returns what to write; the schema stays
     the source's. Shards are written one by one, each atomically, and the manifest last, with
     ``stamp`` added under its own keys: the copy is only ever complete or absent as a whole.
+    Raises ShardError if ``out`` is ``src`` or already holds shards.
     """
     import datasets
     from tqdm import tqdm
 
     src, out = Path(src), Path(out)
+    if out.resolve() == src.resolve():
+        raise ShardError(f"{out}: the copy must go to a directory other than its source (the source is read "
+                         "while the copy is written)")
+    if (out / MANIFEST).exists():
+        raise ShardError(f"{out} already holds shards; give a new directory")
     man = read_manifest(src)
     shapes = man["feature_shapes"]
     schema = shard_features(man["num_image_tokens"], man["codebook_size"], shapes)
