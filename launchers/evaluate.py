@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on SynthFace: VQA, captions, generated faces; metrics.json + report.md.
+"""Evaluate a checkpoint on SynthFace: VQA, captions, generated faces; metrics.json, report.md, answers.jsonl.
 
     python launchers/evaluate.py --help
 

@@ -81,6 +81,12 @@ def test_ground_truth_callables_score_one(setup, tmp_path):
         with Image.open(out / name) as im:
             assert im.width > 200 and im.height >= 4 * 128
     assert len(list((out / "generated").glob("*.png"))) == 4
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    vqa_rows = [r for r in rows if r["task"] == "vqa"]
+    assert len(vqa_rows) == n_q and all(r["correct"] and r["answer"] == r["gold"] for r in vqa_rows)
+    assert {(r["id"], r["question"]) for r in vqa_rows} == {(t["id"], qa["q"]) for t in test[:8] for qa in t["qa"]}
+    assert sum(r["kind"] == "open" for r in vqa_rows) == pk["open"]["n"]
+    assert [r["answer"] for r in rows if r["task"] == "caption"] == [t["caption"] for t in test[:8]]
 
 
 def qa_list(meta):
@@ -100,6 +106,8 @@ def test_wrong_callables_score_zero(setup, tmp_path):
     assert g["attributes"]["overall"] != g["real_reference"]["overall"]
     report = (tmp_path / "wrong" / "report.md").read_text()
     assert "| VQA exact-match accuracy" in report and "**0.000**" in report
+    rows = [json.loads(line) for line in (tmp_path / "wrong" / "answers.jsonl").read_text().splitlines()]
+    assert rows and not any(r["correct"] for r in rows if r["task"] == "vqa")
 
 
 def test_understanding_only_and_errors(setup, tmp_path):
@@ -194,3 +202,6 @@ def test_answer_after_scores_the_final_answer_and_keeps_the_whole_one(setup, tmp
     assert cut["vqa"]["overall"]["accuracy"] == 1.0 and cut["image_control"]["own_image"] == 1.0
     assert cut["examples"][0]["prediction"].startswith("because, ")  # the report shows what was said
     assert "VQA scores the part of each answer after its last ','" in (tmp_path / "cut" / "report.md").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "answers.jsonl").read_text().splitlines()]
+    assert all(r["answer"] == f"because, {r['gold']}" and r["scored"] == r["gold"] and r["correct"]
+               for r in rows if r["task"] == "vqa")

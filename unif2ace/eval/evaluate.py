@@ -18,6 +18,7 @@ may be None to skip that half.
   face (prompt ``caption_prompt``), whose attributes are parsed with SynthFace's
   ``attributes_in_text`` and scored against the reference caption (recall) and the visible
   ground truth (precision); the control also describes those faces from another face's image.
+  Every answer is kept in ``answers.jsonl`` (``ANSWERS_FILE``).
 * Generation, from the reference captions of the first ``num_generation`` faces: the
   attribute classifier's verdict on each prompted attribute, the same classifier on the real
   faces as a ceiling, SynthFace-FID (classifier features) and, given ``inception_weights``,
@@ -38,6 +39,12 @@ from unif2ace.eval import metrics as M
 GenerateFn = Callable[[list[str]], list[Image.Image]]
 AnswerFn = Callable[[list[str], list[str]], list[str]]
 DecodeFn = Callable[[list[str]], list[Image.Image]]
+
+ANSWERS_FILE = "answers.jsonl"
+"""Every answer of the understanding half, one JSON object a line: ``task`` ("vqa" or
+"caption"), face ``id``, ``question``, the model's whole ``answer``, ``gold``; VQA rows add
+``category``, ``kind``, ``scored`` (what was compared, see ``EvalConfig.answer_after``) and
+``correct``."""
 """Face ids → those faces decoded from their own image codes (the image tokenizer's ceiling)."""
 
 
@@ -146,6 +153,7 @@ class _Reader:
 
 def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: dict, out: Path,
                    notes: list[str], reader: _Reader | None = None) -> dict:
+    from unif2ace.atomic import atomic_write_text
     from unif2ace.synthface import attributes_in_text
     from unif2ace.eval.report import answer_grid
     from unif2ace.inference.t2i import save_png
@@ -208,6 +216,14 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
                  out / "answers.png")
     examples = [{"id": recs[o].id, "question": q, "prediction": p, "gold": g}
                 for o, q, p, g in list(zip(owner, qs, raw, golds))[:50]]
+    # Every answer, not only the examples above, so that a question's kind, category or wording can
+    # be analysed after the run without answering again.
+    rows = [{"task": "vqa", "id": i, "question": q, "category": c, "kind": k, "answer": r, "scored": p,
+             "gold": g, "correct": M.normalize_answer(p) == M.normalize_answer(g)}
+            for i, q, c, k, r, p, g in zip(ids, qs, cats, kinds, raw, preds, golds)]
+    rows += [{"task": "caption", "id": r.id, "question": cfg.caption_prompt, "answer": c, "gold": r.caption}
+             for r, c in zip(recs, captions)]
+    atomic_write_text(out / ANSWERS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
     return {"vqa": vqa, **refs, "caption": cap, "examples": examples,
             "caption_examples": [{"id": r.id, "prediction": c, "reference": r.caption}
                                  for r, c in list(zip(recs, captions))[:10]]}
