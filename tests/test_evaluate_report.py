@@ -12,6 +12,7 @@ from PIL import Image
 from unif2ace import synthface
 from unif2ace.eval.attribute_classifier import AttributeClassifier, ClassifierConfig, load_taxonomy, to_input
 from unif2ace.eval.evaluate import EvalConfig, answers_from_table, evaluate
+from unif2ace.synthface.text import _PRESENCE_Q
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,11 @@ def test_ground_truth_callables_score_one(setup, tmp_path):
     pk = vqa["per_kind"]
     assert pk["open"]["n"] + pk["yesno"]["n"] == n_q and pk["open"]["n"] == vqa["overall"]["n_open"]
     assert f"| VQA on open / yes-no questions ({pk['open']['n']} / {pk['yesno']['n']}) | 1.000 / 1.000 |" in report
+    pf = vqa["per_yesno_form"]  # SynthFace's yes/no questions: is the attribute there / has it this value
+    presence = sum(qa["q"] in _PRESENCE_Q.values() for t in test[:8] for qa in t["qa"])
+    assert pf["presence"]["n"] == presence > 0 and pf["value"]["n"] == pk["yesno"]["n"] - presence > 0
+    assert f"| VQA on yes-no questions about presence / one value ({pf['presence']['n']} / {pf['value']['n']}) " \
+           "| 1.000 / 1.000 |" in report
     for name in ("answers.png", "generation.png"):
         with Image.open(out / name) as im:
             assert im.width > 200 and im.height >= 4 * 128

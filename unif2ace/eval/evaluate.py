@@ -154,7 +154,8 @@ class _Reader:
 def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: dict, out: Path,
                    notes: list[str], reader: _Reader | None = None) -> dict:
     from unif2ace.atomic import atomic_write_text
-    from unif2ace.synthface import attributes_in_text
+    from unif2ace.synthface import attributes_in_text, is_synthface_question
+    from unif2ace.synthface.text import question_kind
     from unif2ace.eval.report import answer_grid
     from unif2ace.inference.t2i import save_png
 
@@ -170,7 +171,18 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
     if cfg.answer_after:
         notes.append(f"VQA scores the part of each answer after its last {cfg.answer_after!r} (the model states "
                      f"what a yes/no answer rests on first: \"earrings{cfg.answer_after} yes\" is scored as \"yes\").")
-    vqa = M.vqa_scores(preds, golds, cats, kinds, num_values)
+    # SynthFace's yes/no questions ask about presence ("earrings?") or one value ("blonde?")
+    forms = {f: [i for i, (q, k) in enumerate(zip(qs, kinds)) if k == "yesno" and question_kind(q) == f]
+             for f in ("presence", "value")} if all(map(is_synthface_question, qs)) else {}
+
+    def vqa_of(answers: list[str]) -> dict:
+        v = M.vqa_scores(answers, golds, cats, kinds, num_values)
+        if forms:
+            v["per_yesno_form"] = {f: M.vqa_scores(*([x[i] for i in sel] for x in (answers, golds, cats, kinds)),
+                                                   num_values)["overall"] for f, sel in forms.items() if sel}
+        return v
+
+    vqa = vqa_of(preds)
     refs = {}
     n_ctl = min(cfg.image_control, len(recs))
     if n_ctl >= 2:
@@ -182,7 +194,7 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
         refs["image_control"] = {"faces": n_ctl, "questions": len(sel), "own_image": score[0],
                                  "other_image": score[1]}
     if reader is not None:  # the same questions answered from the attribute classifier's reading
-        from unif2ace.synthface import answer_from_attributes, is_synthface_question
+        from unif2ace.synthface import answer_from_attributes
 
         unread = sorted(set(cats) - set(reader.clf.categories))
         foreign = [q for q in qs if not is_synthface_question(q)]
@@ -194,8 +206,7 @@ def _understanding(cfg: EvalConfig, records, answer_fn: AnswerFn, num_values: di
                 if decoded and reader.decode_fn is None:
                     continue
                 read = reader(recs, decoded)
-                refs[key] = M.vqa_scores([answer_from_attributes(q, read[o]) for o, q in zip(owner, qs)],
-                                         golds, cats, kinds, num_values)
+                refs[key] = vqa_of([answer_from_attributes(q, read[o]) for o, q in zip(owner, qs)])
     captions = _call_answers(answer_fn, [r.id for r in recs], [cfg.caption_prompt] * len(recs), cfg.batch_size)
     ref_pairs, visible = [attributes_in_text(r.caption) for r in recs], [_visible(r.attributes) for r in recs]
     cap = M.caption_attribute_scores([attributes_in_text(c) for c in captions], ref_pairs, visible)

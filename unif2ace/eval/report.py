@@ -112,6 +112,12 @@ def _summary(m: dict) -> list[str]:
             o, y = pk["open"], pk["yesno"]
             rows.append(f"| VQA on open / yes-no questions ({o['n']} / {y['n']}) | {_f(o['accuracy'])} / "
                         f"{_f(y['accuracy'])} | majority answer {_f(o['majority'])} / {_f(y['majority'])} |")
+        pf = u["vqa"].get("per_yesno_form", {})
+        if len(pf) == 2:
+            a, b = pf["presence"], pf["value"]
+            rows.append(f"| VQA on yes-no questions about presence / one value ({a['n']} / {b['n']}) | "
+                        f"{_f(a['accuracy'])} / {_f(b['accuracy'])} | majority answer {_f(a['majority'])} / "
+                        f"{_f(b['majority'])} |")
         if "image_control" in u:
             c = u["image_control"]
             rows.append(f"| VQA on {c['faces']} faces' {c['questions']} questions, asked with each face's own "
