@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a checkpoint on SynthFace: VQA, captions, generated faces; metrics.json + report.md.
+"""Evaluate a checkpoint on SynthFace: VQA, captions, generated faces; metrics.json, report.md, answers.jsonl.
 
     python launchers/evaluate.py --checkpoint runs/synthface/model --data data/synthface \\
         --classifier runs/classifier --out runs/eval [--shards runs/synthface/shards] \\
