@@ -42,6 +42,7 @@ def test_copy_grounds_every_yes_no_answer_and_changes_nothing_else(tiny_shards, 
     assert grounded_answers.main(["--shards", str(tiny_shards), "--out", str(out)]) == 0
     assert S.verify(out) == []
     man = S.read_manifest(out)
+    assert man["answer_separator"] == ","  # what evaluation reads to score only the verdict
     tok = TextTokenizer.load(man["text_tokenizer"]["source"])
     src, copy = _rows(tiny_shards), _rows(out)
     assert [r["id"] for r in src] == [r["id"] for r in copy]

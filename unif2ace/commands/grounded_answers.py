@@ -2,7 +2,7 @@
 
     python tools/grounded_answers.py --shards runs/demo/shards --out runs/grounded/shards
     python launchers/train.py --config synthface data.shards=runs/grounded/shards ...
-    python launchers/evaluate.py --answer-after , --shards runs/demo/shards_unseen ...
+    python launchers/evaluate.py --shards runs/demo/shards_unseen ...
 
 SynthFace's yes/no questions stay at their answer prior where its open ones are learnt
 (docs/design.md §12): an open answer word belongs to one category, so its logit can add what
@@ -10,9 +10,10 @@ the features say to the question's prior, while "yes" must depend on the questio
 features. In the copy a yes/no answer names the face's attribute first ("earrings, yes",
 "none, no", "black, no" to "Is the person's hair blonde?"; ``tokenizers.text.grounded_answer``),
 so its first word is category-specific like an open answer's and the verdict follows from
-it. Evaluate the model with ``--answer-after ,`` so that only the verdict is scored; the
-evaluation shards need no copy (their answers are not read). Everything but the yes/no
-answers is copied unchanged; the manifest of the copy records the source.
+it. The manifest records the separator as precompute's ``--grounded-answers`` does, so
+``launchers/evaluate.py`` scores only the verdict after it; the evaluation shards need no
+copy (their answers are not read). Everything but the yes/no answers is copied unchanged;
+the manifest of the copy records the source.
 """
 from __future__ import annotations
 
@@ -23,12 +24,9 @@ from pathlib import Path
 
 from unif2ace.data import shards as S
 
-SEPARATOR = ","
-
-
 def write_grounded(src: Path, out: Path, text_tokenizer: str = "") -> dict:
     """Write the copy (shard by shard, atomically) and its manifest; returns the manifest."""
-    from unif2ace.tokenizers.text import TextTokenizer, grounded_answer
+    from unif2ace.tokenizers.text import GROUNDED_SEPARATOR, TextTokenizer, grounded_answer
 
     man = S.read_manifest(src)
     path = text_tokenizer or man.get("text_tokenizer", {}).get("source", "")
@@ -60,8 +58,8 @@ def write_grounded(src: Path, out: Path, text_tokenizer: str = "") -> dict:
         cols["qa_answer_ids"] = rows
         return cols
 
-    copy = S.copy_shards(src, out, edit, {"grounded_answers": {"source": str(src), "separator": SEPARATOR}},
-                         desc="grounded shards")
+    stamp = {"grounded_answers": {"source": str(src)}, "answer_separator": GROUNDED_SEPARATOR}
+    copy = S.copy_shards(src, out, edit, stamp, desc="grounded shards")
     copy["grounded_answers"].update(counts)
     S.write_manifest(out, copy)
     return copy

@@ -39,13 +39,13 @@ from unif2ace.eval import metrics as M
 GenerateFn = Callable[[list[str]], list[Image.Image]]
 AnswerFn = Callable[[list[str], list[str]], list[str]]
 DecodeFn = Callable[[list[str]], list[Image.Image]]
+"""Face ids → those faces decoded from their own image codes (the image tokenizer's ceiling)."""
 
 ANSWERS_FILE = "answers.jsonl"
 """Every answer of the understanding half, one JSON object a line: ``task`` ("vqa" or
 "caption"), face ``id``, ``question``, the model's whole ``answer``, ``gold``; VQA rows add
 ``category``, ``kind``, ``scored`` (what was compared, see ``EvalConfig.answer_after``) and
 ``correct``."""
-"""Face ids → those faces decoded from their own image codes (the image tokenizer's ceiling)."""
 
 
 @dataclass
