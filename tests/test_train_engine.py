@@ -2,15 +2,20 @@
 DeepSpeed config resolution, LR schedule, zero.Init init, non-finite steps, atomic checkpoints.
 
 The multi-process behaviour (two ranks, resume after kill -9, SIGTERM, timeouts, conversion)
-is in tests/test_train_distributed.py. Here batches come from an in-memory source built with
+is in tests/test_train_distributed.py; only the finite-weights check's ZeRO-3 padding needs two
+ranks here (``mp.spawn``, gloo). Here batches come from an in-memory source built with
 unif2ace.tokens (the shard loader is not what these tests are about).
 """
 import json
 import math
+import os
+import socket
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 from unif2ace.config import load_config
@@ -193,6 +198,46 @@ def test_zero_init_builds_partitioned_model_with_the_explicit_init(tmp_path, ext
             assert torch.equal(got, ref.detach()), name  # the same explicit init as a plain build
     lm = plain.lm_head.weight
     assert abs(lm.std().item() - cfg.model.init_std) < 0.2 * cfg.model.init_std
+
+
+def _check_finite_worker(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import deepspeed
+    import torch.distributed as dist
+
+    deepspeed.init_distributed("gloo", auto_mpi_discovery=False, verbose=False, timeout=timedelta(seconds=90))
+    with deepspeed.zero.Init(config_dict_or_path={"train_batch_size": 2, "zero_optimization": {"stage": 3}}):
+        lin = nn.Linear(4, 3)  # bias: 3 values over 2 ranks, so rank 1 holds 1 value and 1 padding
+    bias = lin.bias
+    assert bias.ds_tensor.numel() == 2 and E.owned_values(bias).numel() == (2 if rank == 0 else 1)
+    with torch.no_grad():
+        bias.ds_tensor.fill_(0.5)
+        if rank == 1:
+            bias.ds_tensor[1] = float("nan")  # the padding: no parameter value, whatever it holds
+    E.check_finite(lin)
+    with deepspeed.zero.GatheredParameters([bias]):
+        assert torch.equal(bias.detach(), torch.full((3,), 0.5))
+    with torch.no_grad():
+        if rank == 1:
+            bias.ds_tensor[0] = float("nan")  # the parameter's third value
+    if rank == 1:
+        with pytest.raises(E.EngineError, match="1 tensors: bias"):
+            E.check_finite(lin)
+    else:
+        E.check_finite(lin)
+    dist.barrier()
+    os._exit(0)  # as in tests/test_expert_parallel.py: gloo teardown aborts now and then
+
+
+def test_check_finite_reads_zero3_shards_without_their_padding():
+    # ZeRO-3 pads a parameter to a multiple of the ranks and never writes the padding
+    # (torch.empty): a NaN there is no weight of the model and must not stop a run.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_check_finite_worker, args=(port,), nprocs=2, join=True)
 
 
 def test_nonfinite_steps_are_skipped_counted_then_stop_after_k(tmp_path, monkeypatch, capfd):

@@ -357,11 +357,22 @@ def build_model(cfg: Config, ds_config: dict) -> nn.Module:
     return model
 
 
+def owned_values(p: nn.Parameter) -> torch.Tensor:
+    """The values of ``p`` this rank holds: the whole tensor, or under ZeRO-3 this rank's shard
+    without its padding. ZeRO-3 pads every parameter to a multiple of the partition group's size
+    and never writes the padding (``torch.empty``), so it may hold anything, NaN included."""
+    if not hasattr(p, "ds_tensor"):
+        return p.data
+    t = p.ds_tensor
+    start = t.ds_numel * torch.distributed.get_rank(group=p.ds_process_group)
+    return t.narrow(0, 0, max(0, min(t.ds_numel, p.ds_numel - start)))
+
+
 def check_finite(model: nn.Module) -> None:
     """Raise naming the first parameters (this rank's ZeRO-3 shard) that hold NaN/inf."""
     bad = []
     for n, p in model.named_parameters():
-        t = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+        t = owned_values(p)
         if t.numel() and not torch.isfinite(t).all():
             bad.append(n)
     if bad:
