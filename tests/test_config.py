@@ -73,6 +73,19 @@ def test_param_count_command():
     assert 1.3e9 < n < 2.5e9
 
 
+def test_train_list_keys_prints_every_key_with_its_doc():
+    # the launcher's documented way to see every key (it crashed once on a missing argument)
+    r = subprocess.run([sys.executable, "launchers/train.py", "--list-keys"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    from unif2ace import config as c
+    n = sum(len(dataclasses.fields(cls)) for cls in (c.TrainConfig, c.LossConfig, c.SampleConfig))
+    assert sum(l.split(".")[0] in ("train", "loss", "sample") for l in lines) == n
+    assert any(l.startswith("train.seed = 0  # ") for l in lines)
+    assert any(l.startswith("model.seq_moe.balance_weight = ") for l in lines)
+
+
 @pytest.mark.parametrize("args, words", [
     (["synthface", "model.hiden_size=3"], "did you mean model.hidden_size?"),
     (["nosuch"], "recipe 'nosuch' not found"),

@@ -283,7 +283,7 @@ def _finish(code: int):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_keys:
-        print("\n".join(describe()))
+        print("\n".join(describe(Config)))
         return EXIT_OK
     try:
         cfg = load_config(args.config, args.overrides)
