@@ -9,7 +9,6 @@ unif2ace.tokens (the shard loader is not what these tests are about).
 import json
 import math
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -234,10 +233,7 @@ def _check_finite_worker(rank, port):
 def test_check_finite_reads_zero3_shards_without_their_padding():
     # ZeRO-3 pads a parameter to a multiple of the ranks and never writes the padding
     # (torch.empty): a NaN there is no weight of the model and must not stop a run.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_check_finite_worker, args=(port,), nprocs=2, join=True)
+    mp.spawn(_check_finite_worker, args=(E._free_port(),), nprocs=2, join=True)
 
 
 def test_nonfinite_steps_are_skipped_counted_then_stop_after_k(tmp_path, monkeypatch, capfd):
